@@ -1,0 +1,33 @@
+//! The VM harness: Debian's kernel under qemu (TCG), this machine's files over 9p, a command run
+//! as root in the guest with real device-mapper, its exit code brought back.
+
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// The workspace's `target/` directory, where the kernel, initramfs and run shares are cached.
+pub fn target_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+/// Boots a guest and runs `script` in it; fails when the script fails, hangs or the guest dies.
+pub fn run_in_vm(name: &str, script: &str, timeout: Duration) -> Result<()> {
+    let cache = target_dir().join("vm");
+    std::fs::create_dir_all(&cache)?;
+    let cache = cache.canonicalize()?;
+    let kernel = kernel::ensure(&cache)?;
+    let initramfs = initramfs::ensure(&cache, &kernel)?;
+    let share = cache.join("runs").join(name);
+    let _ = std::fs::remove_dir_all(&share);
+    let guest = qemu::Guest { kernel: &kernel, initramfs: &initramfs, share, memory_mib: 3072, timeout };
+    eprintln!("e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)", kernel.version, timeout.as_secs());
+    guest.run(script)?.check(name, timeout)
+}

@@ -1,0 +1,114 @@
+//! Boots the guest under qemu's software emulation, streams its console, and ends the run with
+//! a clear failure when the guest hangs (a time limit) or dies before reporting an exit code.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::kernel::Kernel;
+
+pub struct Guest<'a> {
+    pub kernel: &'a Kernel,
+    pub initramfs: &'a Path,
+    /// A host directory mounted read-write in the guest at the same path; holds guest.sh.
+    pub share: PathBuf,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+}
+
+/// How a guest run ended.
+pub enum Outcome {
+    Exited(i32),
+    TimedOut,
+    NoExitCode,
+}
+
+impl Guest<'_> {
+    /// Runs `script` (a shell script body) in the guest as root with real device-mapper.
+    pub fn run(&self, script: &str) -> Result<Outcome> {
+        std::fs::create_dir_all(&self.share)?;
+        let exit_file = self.share.join("exit-code");
+        let _ = std::fs::remove_file(&exit_file);
+        let share = self.share.canonicalize()?;
+        let body = format!(
+            "#!/bin/sh\n\
+             export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             export HOME=/tmp DM_DISABLE_UDEV=1 LANG=C.UTF-8 RUST_BACKTRACE=1\n\
+             export THINPOOL_E2E_IN_VM=1\n\
+             ln -sf /proc/self/fd /dev/fd 2>/dev/null\n\
+             for m in dm-thin-pool loop ext4 xfs; do\n\
+               modprobe -d {kroot} $m || echo \"guest: modprobe $m failed\"\n\
+             done\n\
+             (\n{script}\n)\n\
+             echo $? > {share}/exit-code\n",
+            kroot = self.kernel.root.display(),
+            share = share.display(),
+        );
+        std::fs::write(share.join("guest.sh"), body)?;
+        let virtfs_root = "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
+        let virtfs_out = format!(
+            "local,path={},mount_tag=out,security_model=passthrough,multidevs=remap",
+            share.display()
+        );
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
+            .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
+            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(self.kernel.vmlinuz())
+            .arg("-initrd")
+            .arg(self.initramfs)
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={}", share.display()))
+            .args(["-virtfs", virtfs_root, "-virtfs", &virtfs_out])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let pump = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => println!("{}", l.trim_end_matches('\r')),
+                    Err(_) => break,
+                }
+            }
+        });
+        let start = Instant::now();
+        let timed_out = loop {
+            if child.try_wait()?.is_some() {
+                break false;
+            }
+            if start.elapsed() > self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = pump.join();
+        if timed_out {
+            return Ok(Outcome::TimedOut);
+        }
+        match std::fs::read_to_string(&exit_file) {
+            Ok(s) => Ok(Outcome::Exited(s.trim().parse().context("bad exit-code file")?)),
+            Err(_) => Ok(Outcome::NoExitCode),
+        }
+    }
+}
+
+impl Outcome {
+    /// Turns the outcome into the harness's verdict.
+    pub fn check(self, what: &str, timeout: Duration) -> Result<()> {
+        match self {
+            Outcome::Exited(0) => Ok(()),
+            Outcome::Exited(code) => bail!("{what} failed in the VM (exit code {code})"),
+            Outcome::TimedOut => bail!("{what}: the VM did not finish within {}s and was killed", timeout.as_secs()),
+            Outcome::NoExitCode => bail!("{what}: the VM stopped without reporting an exit code (guest crash or panic; see the console above)"),
+        }
+    }
+}
