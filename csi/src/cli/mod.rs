@@ -1,0 +1,293 @@
+//! The operator CLI, usable on a node without Kubernetes: `pool status|check|setup`,
+//! `volumes list|create|delete|expand|snapshot|activate|deactivate`, `snapshots list|delete`.
+//! Tables for people, `--output json` for scripts.
+
+mod table;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::config::PoolArgs;
+use crate::dm::lvm;
+use crate::engine::{Engine, EngineError, PoolReport};
+use crate::store::{Kind, Record, Source};
+use crate::units::{human_bytes, parse_size};
+use table::Table;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Show the pool's fill, mode, provisioning and capacity.
+    Status(PoolArgs),
+    /// Compare the pool's thin devices and transaction id with the node's records.
+    Check(PoolArgs),
+    /// Build a direct-lvm thin pool on an empty block device (data 95%, metadata 1%, chunk 512K).
+    Setup(SetupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SetupArgs {
+    /// The empty block device to use, e.g. /dev/sdb.
+    #[arg(long)]
+    pub device: String,
+    #[arg(long, default_value = "thinpool-csi")]
+    pub vg: String,
+    #[arg(long, default_value = "thinpool")]
+    pub lv: String,
+    /// Wipe the device even if it holds a filesystem, partition table or LVM signature.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumesCommand {
+    /// List volumes.
+    List(PoolArgs),
+    /// Create a volume, empty or from a snapshot or volume.
+    Create {
+        name: String,
+        /// Size, e.g. 1Gi, 512Mi, 10G.
+        #[arg(long)]
+        size: String,
+        /// Restore from this snapshot.
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        /// Clone this volume.
+        #[arg(long)]
+        from_volume: Option<String>,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Delete a volume (its snapshots stay).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Grow a volume's thin device.
+    Expand {
+        name: String,
+        #[arg(long)]
+        size: String,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Snapshot a volume.
+    Snapshot {
+        /// Name of the new snapshot.
+        name: String,
+        /// The volume to snapshot.
+        #[arg(long)]
+        volume: String,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Activate a volume's (or, with --snapshot, a snapshot's) device and print its path.
+    Activate {
+        name: String,
+        #[arg(long)]
+        snapshot: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+    /// Deactivate a volume's or snapshot's device.
+    Deactivate {
+        name: String,
+        #[arg(long)]
+        snapshot: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotsCommand {
+    /// List snapshots.
+    List(PoolArgs),
+    /// Delete a snapshot.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
+}
+
+/// Errors a CLI command can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Dm(#[from] crate::dm::DmError),
+    #[error(transparent)]
+    Size(#[from] crate::units::SizeParseError),
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the pool and the records disagree (see above)")]
+    CheckFailed,
+}
+
+fn engine(args: &PoolArgs) -> Result<Engine<crate::dm::kernel::KernelPool>, CliError> {
+    let cfg = args.validate()?;
+    let (engine, _report) = crate::open::open_engine(&cfg)?;
+    Ok(engine)
+}
+
+fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> String) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        OutputFormat::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+fn records_table(records: &[Record]) -> String {
+    let mut t = Table::new(&["NAME", "SIZE", "THIN-ID", "SOURCE", "CREATED"]);
+    for r in records {
+        t.row(vec![
+            r.name.to_string(),
+            human_bytes(r.size_bytes),
+            r.thin_id.to_string(),
+            r.source.as_ref().map_or("-".to_owned(), |s| s.to_string()),
+            r.created_unix.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+fn pool_table(r: &PoolReport) -> String {
+    let c = &r.capacity;
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    let rows: Vec<(&str, String)> = vec![
+        ("pool", format!("{} ({})", r.info.dm_name, r.info.kind)),
+        ("source", r.info.source.clone()),
+        ("state", c.state.to_string()),
+        ("transaction id", c.transaction_id.map_or("-".to_owned(), |t| t.to_string())),
+        ("chunk size", human_bytes(r.info.block_bytes())),
+        ("data", format!("{} / {} ({:.1}%)", human_bytes(c.data_used_bytes), human_bytes(c.data_total_bytes), c.data_fill_pct())),
+        (
+            "metadata",
+            format!("{} / {} ({:.1}%)", human_bytes(c.metadata_used_bytes), human_bytes(c.metadata_total_bytes), c.metadata_fill_pct()),
+        ),
+        ("provisioned", format!("{} ({:.0}% of data)", human_bytes(c.provisioned_bytes), c.overprovision_pct())),
+        ("allowed new", human_bytes(c.allowed_new_bytes)),
+        ("volumes", r.volumes.to_string()),
+        ("snapshots", r.snapshots.to_string()),
+        ("deleting", r.deleting.to_string()),
+        ("blocked because", c.refusal.as_ref().map_or("-".to_owned(), |x| x.to_string())),
+    ];
+    for (k, v) in rows {
+        t.row(vec![k.to_owned(), v]);
+    }
+    t.render()
+}
+
+pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
+    match cmd {
+        PoolCommand::Status(args) => {
+            let report = engine(&args)?.report()?;
+            print(out, &report, || pool_table(&report))
+        }
+        PoolCommand::Check(args) => {
+            let check = engine(&args)?.check()?;
+            print(out, &check, || {
+                format!(
+                    "pool transaction id: {}\nrecords' transaction id: {}\norphan thin ids (in the pool, no record): {:?}\nmissing thin ids (recorded, not in the pool): {:?}\nopen intents: {}\nverdict: {}\n",
+                    check.pool_transaction_id,
+                    check.store_transaction_id.map_or("none".into(), |t| t.to_string()),
+                    check.orphan_thin_ids.iter().map(|i| i.get()).collect::<Vec<_>>(),
+                    check.missing_thin_ids.iter().map(|i| i.get()).collect::<Vec<_>>(),
+                    check.open_intents,
+                    if check.is_clean() { "consistent" } else { "INCONSISTENT" }
+                )
+            })?;
+            if check.is_clean() {
+                Ok(())
+            } else {
+                Err(CliError::CheckFailed)
+            }
+        }
+        PoolCommand::Setup(a) => {
+            let report = lvm::setup(&a.device, &a.vg, &a.lv, a.force)?;
+            print(out, &report, || {
+                format!(
+                    "built thin pool {vg}/{lv} on {dev}: data 95% of the VG, metadata {meta}, chunk {chunk}, zeroing on\n\
+                     use it with: thinpool-csi --pool direct-lvm --lvm-pool {vg}/{lv} ...\n",
+                    vg = report.vg,
+                    lv = report.lv,
+                    dev = report.device,
+                    meta = human_bytes(report.plan.meta_bytes),
+                    chunk = human_bytes(report.plan.chunk_bytes)
+                )
+            })
+        }
+    }
+}
+
+pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
+    match cmd {
+        VolumesCommand::List(args) => {
+            let list = engine(&args)?.list(Kind::Volume)?;
+            print(out, &list, || records_table(&list))
+        }
+        VolumesCommand::Create { name, size, from_snapshot, from_volume, pool } => {
+            let size = parse_size(&size)?;
+            let source = match (from_snapshot, from_volume) {
+                (Some(s), _) => Some(Source::Snapshot(crate::names::Name::new(&s).map_err(EngineError::from)?)),
+                (None, Some(v)) => Some(Source::Volume(crate::names::Name::new(&v).map_err(EngineError::from)?)),
+                (None, None) => None,
+            };
+            let made = engine(&pool)?.create_volume(&name, size, source)?;
+            print(out, &made, || {
+                let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
+                format!("volume {name} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
+            })
+        }
+        VolumesCommand::Delete { name, pool } => {
+            let outcome = engine(&pool)?.delete(Kind::Volume, &name)?;
+            print(out, &outcome, || format!("volume {name}: {outcome:?}\n").to_lowercase())
+        }
+        VolumesCommand::Expand { name, size, pool } => {
+            let size = parse_size(&size)?;
+            let r = engine(&pool)?.expand_volume(&name, size)?;
+            print(out, &r, || format!("volume {name} is now {}\n", human_bytes(r.size_bytes)))
+        }
+        VolumesCommand::Snapshot { name, volume, pool } => {
+            let made = engine(&pool)?.create_snapshot(&name, &volume)?;
+            print(out, &made, || {
+                let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
+                format!("snapshot {name} of {volume} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
+            })
+        }
+        VolumesCommand::Activate { name, snapshot, pool } => {
+            let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
+            let path = engine(&pool)?.activate(kind, &name)?;
+            print(out, &path, || format!("{}\n", path.display()))
+        }
+        VolumesCommand::Deactivate { name, snapshot, pool } => {
+            let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
+            engine(&pool)?.deactivate(kind, &name)?;
+            print(out, &"deactivated", || format!("{kind} {name} deactivated\n"))
+        }
+    }
+}
+
+pub fn snapshots(cmd: SnapshotsCommand, out: OutputFormat) -> Result<(), CliError> {
+    match cmd {
+        SnapshotsCommand::List(args) => {
+            let list = engine(&args)?.list(Kind::Snapshot)?;
+            print(out, &list, || records_table(&list))
+        }
+        SnapshotsCommand::Delete { name, pool } => {
+            let outcome = engine(&pool)?.delete(Kind::Snapshot, &name)?;
+            print(out, &outcome, || format!("snapshot {name}: {outcome:?}\n").to_lowercase())
+        }
+    }
+}

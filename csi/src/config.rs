@@ -1,0 +1,248 @@
+//! Node configuration from flags and environment: which pool to open and the admission limits.
+//! Everything is validated here, once, into typed values; a bad value gets a message that says
+//! which flag to fix.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::units::parse_size;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/thinpool-csi";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PoolKindArg {
+    /// Sparse files on loop devices (for trying it out).
+    Loop,
+    /// An existing LVM thin pool given by --lvm-pool VG/LV (production).
+    DirectLvm,
+}
+
+/// Flags shared by every subcommand that opens the pool.
+#[derive(Args, Clone, Debug)]
+pub struct PoolArgs {
+    /// Directory for the node's durable records.
+    #[arg(long, env = "THINPOOL_CSI_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Kind of pool to open.
+    #[arg(long = "pool", env = "THINPOOL_CSI_POOL", value_enum, default_value = "loop")]
+    pub kind: PoolKindArg,
+    /// dm name of the loop pool.
+    #[arg(long, env = "THINPOOL_CSI_POOL_NAME", default_value = "thinpool-csi")]
+    pub pool_name: String,
+    /// Directory of the loop pool's sparse files [default: <state-dir>/loop].
+    #[arg(long, env = "THINPOOL_CSI_LOOP_DIR")]
+    pub loop_dir: Option<PathBuf>,
+    /// Size of the loop pool's sparse data file.
+    #[arg(long, env = "THINPOOL_CSI_LOOP_DATA_SIZE", default_value = "10Gi")]
+    pub loop_data_size: String,
+    /// Size of the loop pool's metadata file [default: 48 bytes per data block, at least 4 MiB].
+    #[arg(long, env = "THINPOOL_CSI_LOOP_METADATA_SIZE")]
+    pub loop_metadata_size: Option<String>,
+    /// Data block (chunk) size of a new loop pool: a multiple of 64Ki from 64Ki to 1Gi.
+    #[arg(long, env = "THINPOOL_CSI_LOOP_BLOCK_SIZE", default_value = "64Ki")]
+    pub loop_block_size: String,
+    /// The LVM thin pool to adopt, as VG/LV (with --pool direct-lvm).
+    #[arg(long, env = "THINPOOL_CSI_LVM_POOL")]
+    pub lvm_pool: Option<String>,
+    /// Virtual bytes that may be provisioned per byte of pool data space.
+    #[arg(long, env = "THINPOOL_CSI_OVERPROVISION_RATIO", default_value_t = 5.0)]
+    pub overprovision_ratio: f64,
+    /// No new volumes once pool data fill is above this percentage.
+    #[arg(long, env = "THINPOOL_CSI_DATA_FILL_LIMIT", default_value_t = 90.0)]
+    pub data_fill_limit: f64,
+    /// No new volumes once pool metadata fill is above this percentage.
+    #[arg(long, env = "THINPOOL_CSI_METADATA_FILL_LIMIT", default_value_t = 80.0)]
+    pub metadata_fill_limit: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopSpec {
+    pub dir: PathBuf,
+    pub name: String,
+    pub data_bytes: u64,
+    pub meta_bytes: u64,
+    pub block_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolSpec {
+    Loop(LoopSpec),
+    DirectLvm { vg: String, lv: String },
+}
+
+/// Admission limits (see `engine::capacity`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub overprovision_ratio: f64,
+    pub data_fill_limit_pct: f64,
+    pub meta_fill_limit_pct: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { overprovision_ratio: 5.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub state_dir: PathBuf,
+    pub pool: PoolSpec,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--{flag} {value:?}: {reason}")]
+    Invalid { flag: &'static str, value: String, reason: String },
+    #[error("--pool direct-lvm needs --lvm-pool VG/LV naming an existing LVM thin pool")]
+    MissingLvmPool,
+}
+
+fn invalid(flag: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { flag, value: value.to_string(), reason: reason.into() }
+}
+
+/// An LVM VG or LV name: what `lvcreate` accepts.
+pub fn valid_lvm_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 127
+        && !s.starts_with('-')
+        && s != "."
+        && s != ".."
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+}
+
+/// Metadata size for a pool: 48 bytes per data block, at least 4 MiB, at most 16 GiB, whole MiB.
+pub fn default_meta_bytes(data_bytes: u64, block_bytes: u64) -> u64 {
+    let raw = 48 * (data_bytes / block_bytes.max(1));
+    raw.clamp(4 << 20, 16 << 30).div_ceil(1 << 20) << 20
+}
+
+impl PoolArgs {
+    pub fn validate(&self) -> Result<NodeConfig, ConfigError> {
+        let limits = Limits {
+            overprovision_ratio: self.overprovision_ratio,
+            data_fill_limit_pct: self.data_fill_limit,
+            meta_fill_limit_pct: self.metadata_fill_limit,
+        };
+        if !(limits.overprovision_ratio.is_finite() && limits.overprovision_ratio >= 1.0) {
+            return Err(invalid("overprovision-ratio", self.overprovision_ratio, "must be a number of at least 1"));
+        }
+        for (flag, v) in [("data-fill-limit", self.data_fill_limit), ("metadata-fill-limit", self.metadata_fill_limit)] {
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(invalid(flag, v, "must be a percentage above 0 and at most 100"));
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state-dir", self.state_dir.display(), "must be an absolute path"));
+        }
+        let pool = match self.kind {
+            PoolKindArg::Loop => PoolSpec::Loop(self.loop_spec()?),
+            PoolKindArg::DirectLvm => {
+                let spec = self.lvm_pool.as_deref().ok_or(ConfigError::MissingLvmPool)?;
+                let (vg, lv) = spec
+                    .split_once('/')
+                    .filter(|(vg, lv)| valid_lvm_name(vg) && valid_lvm_name(lv))
+                    .ok_or_else(|| invalid("lvm-pool", spec, "must be VG/LV with LVM names on both sides"))?;
+                PoolSpec::DirectLvm { vg: vg.to_owned(), lv: lv.to_owned() }
+            }
+        };
+        Ok(NodeConfig { state_dir: self.state_dir.clone(), pool, limits })
+    }
+
+    fn loop_spec(&self) -> Result<LoopSpec, ConfigError> {
+        let name = &self.pool_name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid("pool-name", name, "use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        let size = |flag: &'static str, v: &str| parse_size(v).map_err(|e| invalid(flag, v, e.to_string()));
+        let block_bytes = size("loop-block-size", &self.loop_block_size)?;
+        if block_bytes < 64 << 10 || block_bytes > 1 << 30 || block_bytes % (64 << 10) != 0 {
+            return Err(invalid("loop-block-size", &self.loop_block_size, "must be a multiple of 64Ki from 64Ki to 1Gi"));
+        }
+        let data_bytes = size("loop-data-size", &self.loop_data_size)?;
+        if data_bytes < 16 * block_bytes.max(4 << 20) {
+            return Err(invalid("loop-data-size", &self.loop_data_size, "is too small for a pool (at least 64Mi)"));
+        }
+        let meta_bytes = match &self.loop_metadata_size {
+            None => default_meta_bytes(data_bytes, block_bytes),
+            Some(v) => {
+                let m = size("loop-metadata-size", v)?;
+                if !(2 << 20..=16 << 30).contains(&m) {
+                    return Err(invalid("loop-metadata-size", v, "must be from 2Mi to 16Gi"));
+                }
+                m
+            }
+        };
+        let dir = self.loop_dir.clone().unwrap_or_else(|| self.state_dir.join("loop"));
+        if !dir.is_absolute() {
+            return Err(invalid("loop-dir", dir.display(), "must be an absolute path"));
+        }
+        Ok(LoopSpec { dir, name: name.clone(), data_bytes, meta_bytes, block_bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        pool: PoolArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        Cli::parse_from(all).pool.validate()
+    }
+
+    #[test]
+    fn defaults_are_a_loop_pool_under_the_state_dir() {
+        let c = parse(&[]).unwrap();
+        let PoolSpec::Loop(l) = c.pool else { panic!() };
+        assert_eq!(l.dir, PathBuf::from("/var/lib/thinpool-csi/loop"));
+        assert_eq!(l.data_bytes, 10 << 30);
+        assert_eq!(l.block_bytes, 64 << 10);
+        assert_eq!(l.meta_bytes, 8 << 20);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn direct_lvm_needs_a_valid_vg_lv() {
+        assert_eq!(parse(&["--pool", "direct-lvm"]), Err(ConfigError::MissingLvmPool));
+        assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg"]).is_err());
+        assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg/../x"]).is_err());
+        assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg/-x"]).is_err());
+        let c = parse(&["--pool", "direct-lvm", "--lvm-pool", "docker/thinpool"]).unwrap();
+        assert_eq!(c.pool, PoolSpec::DirectLvm { vg: "docker".into(), lv: "thinpool".into() });
+    }
+
+    #[test]
+    fn bad_limits_and_sizes_are_refused() {
+        assert!(parse(&["--overprovision-ratio", "0.5"]).is_err());
+        assert!(parse(&["--overprovision-ratio", "NaN"]).is_err());
+        assert!(parse(&["--data-fill-limit", "0"]).is_err());
+        assert!(parse(&["--metadata-fill-limit", "101"]).is_err());
+        assert!(parse(&["--loop-block-size", "100Ki"]).is_err());
+        assert!(parse(&["--loop-data-size", "1Mi"]).is_err());
+        assert!(parse(&["--loop-data-size", "ten"]).is_err());
+        assert!(parse(&["--loop-metadata-size", "1Mi"]).is_err());
+        assert!(parse(&["--pool-name", "a/b"]).is_err());
+        assert!(parse(&["--state-dir", "relative"]).is_err());
+    }
+
+    #[test]
+    fn metadata_size_follows_the_kernel_guidance() {
+        assert_eq!(default_meta_bytes(1 << 30, 64 << 10), 4 << 20);
+        assert_eq!(default_meta_bytes(1 << 40, 64 << 10), 768 << 20);
+        assert_eq!(default_meta_bytes(1 << 50, 64 << 10), 16 << 30);
+    }
+}

@@ -1,0 +1,148 @@
+//! direct-lvm: adopting an existing LVM thin pool, and building one on an empty block device the
+//! way Docker's direct-lvm guide does. LVM runs here only, never per volume.
+//!
+//! LVM treats a pool whose transaction id is 0 and which holds no LVM thin LVs as externally
+//! managed; once an LVM thin LV exists it checks the transaction id and would fail activation
+//! after we changed it. So a pool holding LVM thin LVs is refused.
+
+use serde::Serialize;
+
+use super::kernel::KernelPool;
+use super::{DmError, PoolKind};
+use crate::tools;
+
+/// dm's escaping of LVM names: `-` inside a VG or LV name is doubled.
+pub fn dm_name(vg: &str, lv: &str) -> String {
+    format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
+}
+
+/// LVs of `vg` whose pool is `lv` (its LVM thin volumes), from `lvs` output lines `name pool`.
+pub fn thin_lvs_of(lvs_output: &str, lv: &str) -> Vec<String> {
+    lvs_output
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            (f.next()? == lv).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// Opens the LVM thin pool `vg/lv`, refusing one that is not ours to manage.
+pub fn adopt(vg: &str, lv: &str) -> Result<KernelPool, DmError> {
+    let pool = format!("{vg}/{lv}");
+    let segtype = tools::lvm("lvs", &["--noheadings", "-o", "segtype", &pool])?;
+    if segtype.trim() != "thin-pool" {
+        return Err(DmError::NotAThinPool { name: pool, found: segtype.trim().to_owned() });
+    }
+    let lvs = tools::lvm("lvs", &["--noheadings", "-o", "lv_name,pool_lv", vg])?;
+    let thin = thin_lvs_of(&lvs, lv);
+    if !thin.is_empty() {
+        return Err(DmError::PoolHasLvmThinVolumes { pool, lvs: thin.join(", ") });
+    }
+    let base = dm_name(vg, lv);
+    let open = |name: &str| KernelPool::open(name, PoolKind::DirectLvm, pool.clone());
+    let kp = match open(&format!("{base}-tpool")).or_else(|_| open(&base)) {
+        Err(DmError::NoSuchPool(_)) => {
+            tools::lvm("lvchange", &["-ay", &pool])?;
+            open(&format!("{base}-tpool")).or_else(|_| open(&base))?
+        }
+        other => other?,
+    };
+    if !super::ThinPool::info(&kp).zeroes_new_blocks {
+        return Err(DmError::UnzeroedPool { pool });
+    }
+    Ok(kp)
+}
+
+/// The sizes `pool setup` gives LVM, from the VG's size: data 95 % of the VG, metadata 1 %
+/// capped at 16 GiB, chunk 512 KiB (the Docker direct-lvm guide's numbers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SetupPlan {
+    pub data_percent_of_vg: u8,
+    pub meta_bytes: u64,
+    pub chunk_bytes: u64,
+}
+
+pub fn setup_plan(vg_bytes: u64) -> SetupPlan {
+    let meta = (vg_bytes / 100).clamp(4 << 20, 16 << 30);
+    SetupPlan { data_percent_of_vg: 95, meta_bytes: meta.div_ceil(1 << 20) << 20, chunk_bytes: 512 << 10 }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SetupReport {
+    pub device: String,
+    pub vg: String,
+    pub lv: String,
+    pub plan: SetupPlan,
+}
+
+/// Builds a direct-lvm thin pool `vg/lv` on `device`, refusing a device with a signature
+/// (filesystem, partition table, LVM) unless `force`.
+pub fn setup(device: &str, vg: &str, lv: &str, force: bool) -> Result<SetupReport, DmError> {
+    let meta = std::fs::metadata(device).map_err(DmError::io(device.to_owned()))?;
+    if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+        return Err(DmError::Config(format!("{device} is not a block device")));
+    }
+    if let Some(signature) = tools::signature(device)? {
+        if !force {
+            return Err(DmError::DeviceHasSignature { device: device.to_owned(), signature });
+        }
+        tools::run("wipefs", &["-a", device])?;
+    }
+    let pv_args: &[&str] = if force { &["-y", "-ff", device] } else { &["-y", device] };
+    tools::lvm("pvcreate", pv_args)?;
+    tools::lvm("vgcreate", &[vg, device])?;
+    let vg_size = tools::lvm("vgs", &["--noheadings", "--nosuffix", "--units", "b", "-o", "vg_size", vg])?;
+    let vg_bytes: u64 = vg_size
+        .trim()
+        .parse()
+        .map_err(|_| DmError::Config(format!("vgs printed an unreadable VG size {vg_size:?}")))?;
+    let plan = setup_plan(vg_bytes);
+    let meta_lv = format!("{lv}meta");
+    tools::lvm("lvcreate", &["-y", "-Wy", "-n", lv, "-l", &format!("{}%VG", plan.data_percent_of_vg), vg])?;
+    tools::lvm("lvcreate", &["-y", "-Wy", "-n", &meta_lv, "-L", &format!("{}b", plan.meta_bytes), vg])?;
+    tools::lvm(
+        "lvconvert",
+        &[
+            "-y",
+            "--zero",
+            "y",
+            "-c",
+            &format!("{}k", plan.chunk_bytes >> 10),
+            "--thinpool",
+            &format!("{vg}/{lv}"),
+            "--poolmetadata",
+            &format!("{vg}/{meta_lv}"),
+        ],
+    )?;
+    Ok(SetupReport { device: device.to_owned(), vg: vg.to_owned(), lv: lv.to_owned(), plan })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dm_names_escape_dashes() {
+        assert_eq!(dm_name("docker", "thinpool"), "docker-thinpool");
+        assert_eq!(dm_name("my-vg", "thin-pool"), "my--vg-thin--pool");
+    }
+
+    #[test]
+    fn finds_lvm_thin_volumes_of_the_pool() {
+        let out = "  thinpool            \n  lv1      thinpool\n  other    otherpool\n  lv2 thinpool\n";
+        assert_eq!(thin_lvs_of(out, "thinpool"), vec!["lv1", "lv2"]);
+        assert!(thin_lvs_of("  thinpool\n", "thinpool").is_empty());
+    }
+
+    #[test]
+    fn setup_plan_follows_the_docker_guide() {
+        let p = setup_plan(100 << 30);
+        assert_eq!(p.data_percent_of_vg, 95);
+        assert_eq!(p.meta_bytes, 1024 << 20);
+        assert_eq!(p.chunk_bytes, 512 << 10);
+        assert_eq!(setup_plan(100 << 40).meta_bytes, 16 << 30);
+        assert_eq!(setup_plan(100 << 20).meta_bytes, 4 << 20);
+    }
+}

@@ -1,0 +1,106 @@
+//! Every external program the driver runs, in one place: LVM (only to adopt or build a pool,
+//! never per volume), `blkid` (signature checks), `thin_dump` (listing thin ids from a metadata
+//! snapshot). A failure names the program and carries its stderr, so the message says what to fix.
+
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("cannot run {program}: {source} (is it installed? {hint})")]
+    Missing {
+        program: String,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed ({status}): {stderr}")]
+    Failed { program: String, args: String, status: String, stderr: String },
+}
+
+/// What a finished program printed.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn hint(program: &str) -> &'static str {
+    match program {
+        "thin_dump" => "package thin-provisioning-tools",
+        "blkid" | "wipefs" => "package util-linux",
+        _ => "package lvm2",
+    }
+}
+
+/// Runs `program args` and returns its output whatever its exit code.
+pub fn run_any(program: &str, args: &[&str]) -> Result<Output, ToolError> {
+    let out = Command::new(program).args(args).output().map_err(|source| ToolError::Missing {
+        program: program.to_owned(),
+        hint: hint(program),
+        source,
+    })?;
+    Ok(Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `program args` and fails unless it exits 0.
+pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
+    let out = run_any(program, args)?;
+    if out.code != Some(0) {
+        return Err(ToolError::Failed {
+            program: program.to_owned(),
+            args: args.join(" "),
+            status: out.code.map_or("killed by a signal".to_owned(), |c| format!("exit code {c}")),
+            stderr: out.stderr.trim().to_owned(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Extra `--config` text for every LVM command (from `THINPOOL_CSI_LVM_CONFIG`), e.g. to turn off
+/// udev synchronisation inside a container or a VM without udev.
+fn lvm_config() -> Option<String> {
+    std::env::var("THINPOOL_CSI_LVM_CONFIG").ok().filter(|s| !s.trim().is_empty())
+}
+
+/// Runs an LVM command (`lvs`, `pvcreate`, ...) with the configured `--config` text.
+pub fn lvm(command: &str, args: &[&str]) -> Result<String, ToolError> {
+    let config = lvm_config();
+    let mut all: Vec<&str> = Vec::with_capacity(args.len() + 2);
+    if let Some(c) = config.as_deref() {
+        all.extend(["--config", c]);
+    }
+    all.extend_from_slice(args);
+    run(command, &all)
+}
+
+/// The filesystem or partition-table signature on `device`, if any (`blkid -p`).
+pub fn signature(device: &str) -> Result<Option<String>, ToolError> {
+    let out = run_any("blkid", &["-p", "-o", "export", device])?;
+    match out.code {
+        Some(0) => {
+            let kind = out
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("TYPE=").or_else(|| l.strip_prefix("PTTYPE=")))
+                .unwrap_or("unknown");
+            Ok(Some(kind.to_owned()))
+        }
+        // blkid exits 2 when it finds nothing.
+        Some(2) => Ok(None),
+        code => Err(ToolError::Failed {
+            program: "blkid".into(),
+            args: format!("-p -o export {device}"),
+            status: format!("{code:?}"),
+            stderr: out.stderr.trim().to_owned(),
+        }),
+    }
+}
+
+/// `thin_dump` of the held metadata snapshot of a pool's metadata device.
+pub fn thin_dump_metadata_snap(meta_device: &str) -> Result<String, ToolError> {
+    run("thin_dump", &["--metadata-snap", meta_device])
+}
