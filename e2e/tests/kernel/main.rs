@@ -1,0 +1,81 @@
+//! The VM suite: thinpool-csi on real device-mapper, inside the guest that `thinpool-e2e vm`
+//! boots. Outside it (no `THINPOOL_E2E_IN_VM`), every test is reported skipped.
+//!
+//! Usage inside the guest: `kernel [FILTER]`; the crash tests re-run this binary as a child.
+
+mod crash;
+mod fixture;
+mod isolation;
+mod lifecycle;
+mod lvm;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use fixture::Result;
+
+type Test = (&'static str, fn() -> Result);
+
+const TESTS: &[Test] = &[
+    ("loop_seed_demonstration", lifecycle::loop_seed_demonstration),
+    ("loop_delete_returns_data_blocks", lifecycle::loop_delete_returns_data_blocks),
+    ("loop_expand_grows_an_active_device", lifecycle::loop_expand_grows_an_active_device),
+    ("loop_busy_delete_is_deferred", lifecycle::loop_busy_delete_is_deferred),
+    ("loop_reopen_after_pool_deactivation", lifecycle::loop_reopen_after_pool_deactivation),
+    ("loop_bad_input_changes_nothing", lifecycle::loop_bad_input_changes_nothing),
+    ("loop_not_a_thin_pool", lifecycle::loop_not_a_thin_pool),
+    ("loop_churn_200", lifecycle::loop_churn_200),
+    ("loop_crash_at_every_point", crash::loop_crash_at_every_point),
+    ("loop_data_isolation", isolation::loop_data_isolation),
+    ("loop_unzeroed_pool_leaks_control", isolation::loop_unzeroed_pool_leaks_control),
+    ("lvm_setup_refuses_signatures", lvm::lvm_setup_refuses_signatures),
+    ("lvm_seed_demonstration", lvm::lvm_seed_demonstration),
+    ("lvm_adoption_refusals", lvm::lvm_adoption_refusals),
+];
+
+fn main() -> ExitCode {
+    if std::env::var_os(crash::CHILD_ENV).is_some() {
+        return crash::child_main();
+    }
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<&Test> = TESTS.iter().filter(|(n, _)| filter.as_ref().is_none_or(|f| n.contains(f.as_str()))).collect();
+    if std::env::var_os("THINPOOL_E2E_IN_VM").is_none() {
+        println!(
+            "kernel suite: {} tests skipped: they need real device-mapper; run `cargo run -p thinpool-e2e -- vm`",
+            selected.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (mut passed, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    for (name, test) in selected {
+        let start = Instant::now();
+        let outcome = std::panic::catch_unwind(test);
+        let secs = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok ({secs:.1}s)");
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({secs:.1}s): {e}");
+                failures.push(*name);
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED ({secs:.1}s): panicked");
+                failures.push(*name);
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("failures: {}", failures.join(", "));
+    }
+    println!("kernel suite: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
