@@ -6,12 +6,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs `cargo <args> --message-format=json` and returns the executables it built.
-fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+/// Runs `cargo <args> --message-format=json` and returns the executable of target `name` of
+/// `kind` (`bin`, `test`, `bench`) that it built.
+fn cargo_executable(args: &[&str], name: &str, kind: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(args)
@@ -23,18 +25,17 @@ fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
     if !out.status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
-    let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if let Some(exe) = msg.get("executable").and_then(|e| e.as_str()) {
-            exes.push(PathBuf::from(exe));
+        let target = &msg["target"];
+        let is_kind = target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == kind));
+        if target["name"] == name && is_kind {
+            if let Some(exe) = msg["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
         }
     }
-    Ok(exes)
-}
-
-fn one(exes: Vec<PathBuf>, what: &str) -> Result<PathBuf> {
-    exes.into_iter().next().with_context(|| format!("cargo built no {what} executable"))
+    bail!("cargo built no {kind} executable named {name}")
 }
 
 pub fn csi_binary(release: bool) -> Result<PathBuf> {
@@ -42,13 +43,13 @@ pub fn csi_binary(release: bool) -> Result<PathBuf> {
     if release {
         args.push("--release");
     }
-    one(cargo_executables(&args)?, "thinpool-csi")
+    cargo_executable(&args, "thinpool-csi", "bin")
 }
 
 pub fn kernel_suite() -> Result<PathBuf> {
-    one(cargo_executables(&["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"])?, "kernel suite")
+    cargo_executable(&["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"], "kernel", "test")
 }
 
 pub fn bench() -> Result<PathBuf> {
-    one(cargo_executables(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"])?, "bench")
+    cargo_executable(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
 }

@@ -19,6 +19,15 @@ pub struct Guest<'a> {
     pub timeout: Duration,
 }
 
+/// Drops the firmware's banner and terminal-reset sequences from a console line.
+fn strip_firmware_noise(line: &str) -> String {
+    let line = line.trim_end_matches('\r');
+    if line.contains("SeaBIOS") || line.contains("Booting from ROM") {
+        return String::new();
+    }
+    line.replace("\x1bc", "").replace("\x1b[?7l", "").replace("\x1b[2J", "").replace("\x1b[0m\x1b", "\x1b")
+}
+
 /// How a guest run ended.
 pub enum Outcome {
     Exited(i32),
@@ -39,7 +48,7 @@ impl Guest<'_> {
              export HOME=/tmp DM_DISABLE_UDEV=1 LANG=C.UTF-8 RUST_BACKTRACE=1\n\
              export THINPOOL_E2E_IN_VM=1\n\
              ln -sf /proc/self/fd /dev/fd 2>/dev/null\n\
-             for m in dm-thin-pool loop ext4 xfs; do\n\
+             for m in dm-thin-pool dm-snapshot loop ext4 xfs; do\n\
                modprobe -d {kroot} $m || echo \"guest: modprobe $m failed\"\n\
              done\n\
              (\n{script}\n)\n\
@@ -73,7 +82,12 @@ impl Guest<'_> {
         let pump = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 match line {
-                    Ok(l) => println!("{}", l.trim_end_matches('\r')),
+                    Ok(l) => {
+                        let l = strip_firmware_noise(&l);
+                        if !l.is_empty() {
+                            println!("{l}");
+                        }
+                    }
                     Err(_) => break,
                 }
             }

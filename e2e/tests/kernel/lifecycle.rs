@@ -210,14 +210,14 @@ pub fn loop_bad_input_changes_nothing() -> Result {
 pub fn loop_not_a_thin_pool() -> Result {
     let f = LoopFixture::new("not-pool", GIB);
     drop(f.engine()?);
-    // A linear device is not a thin pool.
-    sh("dmsetup create e2e-linear --table '0 2048 zero'")?;
+    // A device of another target type is not a thin pool.
+    sh("dmsetup create e2e-linear --table '0 2048 error'")?;
     let r = KernelPool::open("e2e-linear", PoolKind::Loop, "test".into());
     let _ = sh("dmsetup remove e2e-linear");
     match r {
-        Err(DmError::NotAThinPool { found, .. }) if found == "zero" => {}
-        Err(e) => return Err(format!("wrong error for a zero target: {e}").into()),
-        Ok(_) => return Err("a zero target was opened as a thin pool".into()),
+        Err(DmError::NotAThinPool { found, .. }) if found == "error" => {}
+        Err(e) => return Err(format!("wrong error for an error target: {e}").into()),
+        Ok(_) => return Err("an error target was opened as a thin pool".into()),
     }
     match KernelPool::open("e2e-no-such-device", PoolKind::Loop, "test".into()) {
         Err(DmError::NoSuchPool(_)) => Ok(()),

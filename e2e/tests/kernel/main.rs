@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     if !failures.is_empty() {
         println!("failures: {}", failures.join(", "));
     }
-    println!("kernel suite: {passed} passed, {failed} failed");
+    println!("kernel: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
