@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, VolumesCommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "thinpool-csi", version, about = "Node-local thin-provisioned volumes on a device-mapper thin pool")]
+#[command(
+    name = "thinpool-csi",
+    version,
+    about = "Node-local thin-provisioned volumes on a device-mapper thin pool"
+)]
 struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
@@ -34,7 +38,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
     let result = match cli.command {

@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -26,9 +25,13 @@ fn cargo_executable(args: &[&str], name: &str, kind: &str) -> Result<PathBuf> {
         bail!("cargo {} failed", args.join(" "));
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let target = &msg["target"];
-        let is_kind = target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == kind));
+        let is_kind = target["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == kind));
         if target["name"] == name && is_kind {
             if let Some(exe) = msg["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
@@ -47,9 +50,17 @@ pub fn csi_binary(release: bool) -> Result<PathBuf> {
 }
 
 pub fn kernel_suite() -> Result<PathBuf> {
-    cargo_executable(&["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"], "kernel", "test")
+    cargo_executable(
+        &["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"],
+        "kernel",
+        "test",
+    )
 }
 
 pub fn bench() -> Result<PathBuf> {
-    cargo_executable(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
+    cargo_executable(
+        &["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"],
+        "pool",
+        "bench",
+    )
 }

@@ -45,7 +45,10 @@ impl MemoryPool {
             },
             data_blocks: data_bytes / (64 << 10),
             meta_blocks: 1024,
-            state: Mutex::new(State { meta_used: 10, ..State::default() }),
+            state: Mutex::new(State {
+                meta_used: 10,
+                ..State::default()
+            }),
         }
     }
 
@@ -95,7 +98,10 @@ impl MemoryPool {
         let mut st = self.st();
         if let Some(pos) = st.fail_next.iter().position(|(o, _)| *o == op) {
             let (_, errno) = st.fail_next.remove(pos);
-            return Err(DmError::Kernel { op: op.to_owned(), errno });
+            return Err(DmError::Kernel {
+                op: op.to_owned(),
+                errno,
+            });
         }
         Ok(st)
     }
@@ -103,7 +109,10 @@ impl MemoryPool {
     fn message(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, State>, DmError> {
         let mut st = self.step(op)?;
         if st.mode.unwrap_or(PoolMode::Rw) != PoolMode::Rw {
-            return Err(DmError::Kernel { op: op.to_owned(), errno: Errno::EOPNOTSUPP });
+            return Err(DmError::Kernel {
+                op: op.to_owned(),
+                errno: Errno::EOPNOTSUPP,
+            });
         }
         st.messages += 1;
         Ok(st)
@@ -111,7 +120,10 @@ impl MemoryPool {
 }
 
 fn kernel(op: &str, errno: Errno) -> DmError {
-    DmError::Kernel { op: op.to_owned(), errno }
+    DmError::Kernel {
+        op: op.to_owned(),
+        errno,
+    }
 }
 
 impl ThinPool for MemoryPool {
@@ -209,7 +221,15 @@ impl ThinPool for MemoryPool {
 
     fn active_devices(&self) -> Result<Vec<ActiveThin>, DmError> {
         let st = self.step("active_devices")?;
-        Ok(st.active.iter().map(|(id, (_, open))| ActiveThin { id: *id, suspended: false, open_count: *open }).collect())
+        Ok(st
+            .active
+            .iter()
+            .map(|(id, (_, open))| ActiveThin {
+                id: *id,
+                suspended: false,
+                open_count: *open,
+            })
+            .collect())
     }
 
     fn mapped_sectors(&self, id: ThinId) -> Result<Option<u64>, DmError> {

@@ -55,7 +55,11 @@ mod tests {
             (Op::Create, 0, 1, Action::RollBack),
         ];
         for (op, pool, intent, want) in table {
-            assert_eq!(decide(op, pool, intent), want, "{op:?} pool={pool} intent={intent}");
+            assert_eq!(
+                decide(op, pool, intent),
+                want,
+                "{op:?} pool={pool} intent={intent}"
+            );
         }
     }
 }

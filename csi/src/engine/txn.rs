@@ -1,6 +1,10 @@
 //! The pool-change transaction protocol (ARCHITECTURE.md, "A pool change is a transaction"):
-//! 1. intent + id in one store transaction; 2. the dm message; 3. `set_transaction_id T T+1`,
-//! the commit point; 4. record change + intent cleared in one store transaction.
+//!
+//! 1. intent + id in one store transaction;
+//! 2. the dm message;
+//! 3. `set_transaction_id T T+1`, the commit point;
+//! 4. record change + intent cleared in one store transaction.
+//!
 //! Recovery of an interrupted change (at start-up, or before the next change) follows
 //! `recovery::decide`.
 
@@ -40,7 +44,9 @@ impl<P: ThinPool> Engine<P> {
     pub(super) fn pool_tid(&self) -> Result<u64, EngineError> {
         match self.pool.status()? {
             PoolStatus::Working(s) => Ok(s.transaction_id),
-            PoolStatus::Fail => Err(EngineError::ResourceExhausted(super::error::Refusal::PoolFailed)),
+            PoolStatus::Fail => Err(EngineError::ResourceExhausted(
+                super::error::Refusal::PoolFailed,
+            )),
         }
     }
 
@@ -156,7 +162,11 @@ impl<P: ThinPool> Engine<P> {
     }
 
     /// Moves a record to the deleting table and deletes it.
-    pub(super) fn delete_record(&self, kind: Kind, record: &Record) -> Result<DeleteOutcome, EngineError> {
+    pub(super) fn delete_record(
+        &self,
+        kind: Kind,
+        record: &Record,
+    ) -> Result<DeleteOutcome, EngineError> {
         let record = self.store.mark_deleting(kind, &record.name)?;
         self.finish_delete(record)
     }

@@ -25,7 +25,10 @@ fn strip_firmware_noise(line: &str) -> String {
     if line.contains("SeaBIOS") || line.contains("Booting from ROM") {
         return String::new();
     }
-    line.replace("\x1bc", "").replace("\x1b[?7l", "").replace("\x1b[2J", "").replace("\x1b[0m\x1b", "\x1b")
+    line.replace("\x1bc", "")
+        .replace("\x1b[?7l", "")
+        .replace("\x1b[2J", "")
+        .replace("\x1b[0m\x1b", "\x1b")
 }
 
 /// How a guest run ended.
@@ -57,21 +60,38 @@ impl Guest<'_> {
             share = share.display(),
         );
         std::fs::write(share.join("guest.sh"), body)?;
-        let virtfs_root = "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
+        let virtfs_root =
+            "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
         let virtfs_out = format!(
             "local,path={},mount_tag=out,security_model=passthrough,multidevs=remap",
             share.display()
         );
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
+            .args([
+                "-machine",
+                "q35",
+                "-cpu",
+                "max",
+                "-accel",
+                "tcg,thread=multi",
+            ])
             .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
-            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+            .args([
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+            ])
             .arg("-kernel")
             .arg(self.kernel.vmlinuz())
             .arg("-initrd")
             .arg(self.initramfs)
             .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={}", share.display()))
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={}",
+                share.display()
+            ))
             .args(["-virtfs", virtfs_root, "-virtfs", &virtfs_out])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,7 +129,9 @@ impl Guest<'_> {
             return Ok(Outcome::TimedOut);
         }
         match std::fs::read_to_string(&exit_file) {
-            Ok(s) => Ok(Outcome::Exited(s.trim().parse().context("bad exit-code file")?)),
+            Ok(s) => Ok(Outcome::Exited(
+                s.trim().parse().context("bad exit-code file")?,
+            )),
             Err(_) => Ok(Outcome::NoExitCode),
         }
     }
