@@ -1,10 +1,11 @@
-//! The `thinpool-csi` binary: operator commands now; the node and controller services come as
-//! subcommands of the same binary.
+//! The `thinpool-csi` binary: the node plugin (`node`) and the operator commands. Errors end
+//! the process with a message that says what to fix, never a backtrace.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, VolumesCommand};
+use thinpool_csi::csi::server::{run_node, NodeArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,7 +14,7 @@ use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, Volum
     about = "Node-local thin-provisioned volumes on a device-mapper thin pool"
 )]
 struct Cli {
-    /// Output format.
+    /// Output format of the operator commands.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: OutputFormat,
     #[command(subcommand)]
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the CSI Identity, Controller and Node services for this node's pool.
+    Node(NodeArgs),
     /// The node's thin pool.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -33,40 +36,34 @@ enum Command {
     Snapshots(SnapshotsCommand),
 }
 
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
+        Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
+        Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Node(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    let result = match cli.command {
-        Command::Pool(c) => cli::pool(c, cli.output),
-        Command::Volumes(c) => cli::volumes(c, cli.output),
-        Command::Snapshots(c) => cli::snapshots(c, cli.output),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", thinpool_csi::csi::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its sources, each said once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }

@@ -6,6 +6,7 @@
 
 pub mod capacity;
 pub mod crash;
+pub mod deferred;
 pub mod error;
 pub mod recovery;
 mod txn;

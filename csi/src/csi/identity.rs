@@ -1,0 +1,82 @@
+//! CSI Identity: plugin name and version, capabilities, and Probe (ready only when the pool is
+//! open, recovered and `rw`; the engine is only built after start-up recovery).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::CsiError;
+use super::proto::{self, identity_server::Identity, plugin_capability};
+use super::{observed, Driver, PLUGIN_NAME};
+use crate::dm::ThinPool;
+use crate::engine::PoolState;
+use crate::mount::Mounter;
+
+pub struct IdentityService<P: ThinPool, M: Mounter> {
+    pub driver: Arc<Driver<P, M>>,
+}
+
+fn service(t: plugin_capability::service::Type) -> proto::PluginCapability {
+    proto::PluginCapability {
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service { r#type: t as i32 },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P, M> {
+    async fn get_plugin_info(
+        &self,
+        _req: Request<proto::GetPluginInfoRequest>,
+    ) -> Result<Response<proto::GetPluginInfoResponse>, Status> {
+        observed("GetPluginInfo", "", async {
+            Ok(proto::GetPluginInfoResponse {
+                name: PLUGIN_NAME.into(),
+                vendor_version: env!("CARGO_PKG_VERSION").into(),
+                manifest: Default::default(),
+            })
+        })
+        .await
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _req: Request<proto::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<proto::GetPluginCapabilitiesResponse>, Status> {
+        use plugin_capability::service::Type as S;
+        observed("GetPluginCapabilities", "", async {
+            Ok(proto::GetPluginCapabilitiesResponse {
+                capabilities: vec![
+                    service(S::ControllerService),
+                    service(S::VolumeAccessibilityConstraints),
+                    proto::PluginCapability {
+                        r#type: Some(plugin_capability::Type::VolumeExpansion(
+                            plugin_capability::VolumeExpansion {
+                                r#type: plugin_capability::volume_expansion::Type::Online as i32,
+                            },
+                        )),
+                    },
+                ],
+            })
+        })
+        .await
+    }
+
+    async fn probe(
+        &self,
+        _req: Request<proto::ProbeRequest>,
+    ) -> Result<Response<proto::ProbeResponse>, Status> {
+        observed("Probe", "", async {
+            let cap = self.driver.blocking(|d| Ok(d.engine.capacity()?)).await?;
+            if cap.state != PoolState::Rw {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "the pool is {}, not rw",
+                    cap.state
+                )));
+            }
+            Ok(proto::ProbeResponse { ready: Some(true) })
+        })
+        .await
+    }
+}

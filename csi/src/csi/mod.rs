@@ -1,0 +1,78 @@
+//! The CSI services (Identity, Controller, Node) on one tonic server over a unix socket.
+//! Handlers are thin: validate the request into typed values (`validate`, `ids`), call the engine
+//! or the mounter on a blocking thread, build the response. Codes are chosen in `error` only.
+
+pub mod controller;
+pub mod error;
+pub mod guard;
+pub mod identity;
+pub mod ids;
+pub mod node;
+pub mod pagination;
+pub mod server;
+pub mod validate;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::dm::ThinPool;
+use crate::engine::Engine;
+use crate::mount::Mounter;
+use error::CsiError;
+
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The CSI driver name.
+pub const PLUGIN_NAME: &str = "thinpool.csi.io";
+/// The topology key every volume carries.
+pub const TOPOLOGY_KEY: &str = "topology.thinpool.csi.io/node";
+
+/// What every service shares.
+pub struct Driver<P: ThinPool, M: Mounter> {
+    pub engine: Arc<Engine<P>>,
+    pub mounter: Arc<M>,
+    pub node_id: String,
+    pub kubelet_dir: PathBuf,
+    pub max_volumes_per_node: i64,
+    pub in_flight: guard::InFlight,
+}
+
+impl<P: ThinPool + 'static, M: Mounter + 'static> Driver<P, M> {
+    /// Runs blocking work (ioctls, store transactions, mkfs) off the async runtime.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self) -> Result<T, CsiError> + Send + 'static,
+    ) -> Result<T, CsiError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| CsiError::Internal(format!("worker thread failed: {e}")))?
+    }
+}
+
+/// Runs one call and logs one line with its method, volume id, code and duration.
+pub async fn observed<T>(
+    method: &'static str,
+    volume: &str,
+    call: impl Future<Output = Result<T, CsiError>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let start = Instant::now();
+    let result = call.await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(v) => {
+            tracing::info!(method, volume, code = "OK", duration_ms = ms, "csi call");
+            Ok(tonic::Response::new(v))
+        }
+        Err(e) => {
+            let code = e.code();
+            tracing::warn!(method, volume, code = ?code, duration_ms = ms, error = %e, "csi call");
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! CSI Node: stage (activate the thin device; format only a blank device, never reformat data;
+//! mount), publish (bind mount, or bind the device node onto a file for block access), stats,
+//! online expansion. Every call is idempotent, and every path must lie under the kubelet directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::error::CsiError;
+use super::ids::ObjectId;
+use super::proto::{self, node_server::Node, node_service_capability as nsc};
+use super::validate::{self, Access, AccessKind};
+use super::{observed, Driver};
+use crate::dm::ThinPool;
+use crate::engine::{EngineError, PoolState};
+use crate::mount::{mount_options, FsType, MountError, Mounter};
+use crate::names::Name;
+use crate::store::Kind;
+
+pub struct NodeService<P: ThinPool, M: Mounter> {
+    pub driver: Arc<Driver<P, M>>,
+}
+
+/// What NodeStage/NodePublish need, validated.
+struct Target {
+    name: Name,
+    access: Access,
+    fs: FsType,
+}
+
+impl<P: ThinPool + 'static, M: Mounter + 'static> NodeService<P, M> {
+    fn local(&self, volume_id: &str) -> Result<Name, CsiError> {
+        let id = ObjectId::parse(volume_id)?;
+        if id.node != self.driver.node_id {
+            return Err(CsiError::NotFound(format!(
+                "volume {volume_id} lives on node {}, not on {}",
+                id.node, self.driver.node_id
+            )));
+        }
+        Ok(id.name)
+    }
+
+    fn path(&self, path: &str, what: &str) -> Result<PathBuf, CsiError> {
+        validate::path_under(&self.driver.kubelet_dir, path, what)
+    }
+
+    fn target(
+        &self,
+        volume_id: &str,
+        cap: Option<&proto::VolumeCapability>,
+        context: &std::collections::HashMap<String, String>,
+    ) -> Result<Target, CsiError> {
+        let name = self.local(volume_id)?;
+        let access = validate::capability(
+            cap.ok_or_else(|| CsiError::invalid("volume_capability is missing"))?,
+        )?;
+        let fs = match &access.kind {
+            AccessKind::Mount { fs: Some(f), .. } => *f,
+            _ => match context.get("fsType") {
+                Some(f) => FsType::parse(f).ok_or_else(|| {
+                    CsiError::invalid(format!("volume_context fsType {f:?}: use ext4 or xfs"))
+                })?,
+                None => FsType::Ext4,
+            },
+        };
+        Ok(Target { name, access, fs })
+    }
+}
+
+/// Formats a blank device; accepts one that already holds `fs`; refuses anything else.
+fn ensure_filesystem(m: &dyn Mounter, dev: &Path, fs: FsType) -> Result<(), MountError> {
+    match m.signature(dev)? {
+        None => m.format(dev, fs),
+        Some(found) if found == fs.as_str() => Ok(()),
+        Some(found) => Err(MountError::WrongFilesystem {
+            device: dev.display().to_string(),
+            found,
+            wanted: fs.as_str().into(),
+        }),
+    }
+}
+
+fn not_found_is_ok(r: Result<(), EngineError>) -> Result<(), CsiError> {
+    match r {
+        Ok(()) | Err(EngineError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tonic::async_trait]
+impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>> {
+    async fn node_stage_volume(
+        &self,
+        req: Request<proto::NodeStageVolumeRequest>,
+    ) -> Result<Response<proto::NodeStageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        observed("NodeStageVolume", &req.volume_id.clone(), async {
+            let t = self.target(
+                &req.volume_id,
+                req.volume_capability.as_ref(),
+                &req.volume_context,
+            )?;
+            let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            self.driver
+                .blocking(move |d| {
+                    let dev = d.engine.activate(Kind::Volume, t.name.as_str())?;
+                    let AccessKind::Mount { flags, .. } = &t.access.kind else {
+                        return Ok(());
+                    };
+                    let m = d.mounter.as_ref();
+                    if let Some(mounted) = m.mounted(&staging)? {
+                        if mounted.source == dev.display().to_string() {
+                            return Ok(());
+                        }
+                        return Err(CsiError::AlreadyExists(format!(
+                            "{} already holds {}, not this volume's device {}",
+                            staging.display(),
+                            mounted.source,
+                            dev.display()
+                        )));
+                    }
+                    m.make_dir(&staging)?;
+                    ensure_filesystem(m, &dev, t.fs)?;
+                    m.mount(
+                        &dev,
+                        &staging,
+                        t.fs,
+                        &mount_options(t.fs, flags, t.access.read_only),
+                    )?;
+                    if !t.access.read_only {
+                        // A restore or clone larger than its source: grow the filesystem to the device.
+                        m.grow(&dev, &staging, t.fs)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            Ok(proto::NodeStageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<proto::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<proto::NodeUnstageVolumeResponse>, Status> {
+        let req = req.into_inner();
+        observed("NodeUnstageVolume", &req.volume_id.clone(), async {
+            let name = self.local(&req.volume_id)?;
+            let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            self.driver
+                .blocking(move |d| {
+                    d.mounter.unmount(&staging)?;
+                    not_found_is_ok(d.engine.deactivate(Kind::Volume, name.as_str()))
+                })
+                .await?;
+            Ok(proto::NodeUnstageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<proto::NodePublishVolumeRequest>,
+    ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        observed("NodePublishVolume", &req.volume_id.clone(), async {
+            let t = self.target(
+                &req.volume_id,
+                req.volume_capability.as_ref(),
+                &req.volume_context,
+            )?;
+            let target = self.path(&req.target_path, "target_path")?;
+            let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+            let read_only = req.readonly || t.access.read_only;
+            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            self.driver
+                .blocking(move |d| {
+                    let m = d.mounter.as_ref();
+                    if let Some(mounted) = m.mounted(&target)? {
+                        if mounted.read_only == read_only {
+                            return Ok(());
+                        }
+                        return Err(CsiError::AlreadyExists(format!(
+                            "{} is already published {}",
+                            target.display(),
+                            if mounted.read_only {
+                                "read-only"
+                            } else {
+                                "read-write"
+                            }
+                        )));
+                    }
+                    match t.access.kind {
+                        AccessKind::Block => {
+                            let dev = d.engine.activate(Kind::Volume, t.name.as_str())?;
+                            m.make_file(&target)?;
+                            m.bind(&dev, &target, read_only)?;
+                        }
+                        AccessKind::Mount { .. } => {
+                            if m.mounted(&staging)?.is_none() {
+                                return Err(CsiError::FailedPrecondition(format!(
+                                    "volume {} is not staged at {}",
+                                    t.name,
+                                    staging.display()
+                                )));
+                            }
+                            m.make_dir(&target)?;
+                            m.bind(&staging, &target, read_only)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            Ok(proto::NodePublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<proto::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<proto::NodeUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        observed("NodeUnpublishVolume", &req.volume_id.clone(), async {
+            self.local(&req.volume_id)?;
+            let target = self.path(&req.target_path, "target_path")?;
+            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            self.driver
+                .blocking(move |d| {
+                    d.mounter.unmount(&target)?;
+                    d.mounter.remove_target(&target)?;
+                    Ok(())
+                })
+                .await?;
+            Ok(proto::NodeUnpublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<proto::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<proto::NodeGetVolumeStatsResponse>, Status> {
+        use proto::volume_usage::Unit;
+        let req = req.into_inner();
+        observed("NodeGetVolumeStats", &req.volume_id.clone(), async {
+            let name = self.local(&req.volume_id)?;
+            let path = self.path(&req.volume_path, "volume_path")?;
+            self.driver
+                .blocking(move |d| {
+                    let record = d
+                        .engine
+                        .get(Kind::Volume, name.as_str())?
+                        .ok_or_else(|| CsiError::NotFound(format!("volume {name} not found")))?;
+                    let m = d.mounter.as_ref();
+                    if !m.exists(&path) && m.mounted(&path)?.is_none() {
+                        return Err(CsiError::NotFound(format!(
+                            "volume path {} does not exist",
+                            path.display()
+                        )));
+                    }
+                    let pool = d.engine.capacity()?.state;
+                    let mut condition = match pool {
+                        PoolState::Rw => proto::VolumeCondition {
+                            abnormal: false,
+                            message: "healthy".into(),
+                        },
+                        s => proto::VolumeCondition {
+                            abnormal: true,
+                            message: format!("the node's thin pool is {s}"),
+                        },
+                    };
+                    let usage = match m.mounted(&path)? {
+                        None => {
+                            condition = proto::VolumeCondition {
+                                abnormal: true,
+                                message: format!("{} is not mounted", path.display()),
+                            };
+                            vec![]
+                        }
+                        Some(mounted) if FsType::parse(&mounted.fstype).is_some() => {
+                            let s = m.stats(&path)?;
+                            let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                            vec![
+                                proto::VolumeUsage {
+                                    available: i(s.available_bytes),
+                                    total: i(s.total_bytes),
+                                    used: i(s.used_bytes),
+                                    unit: Unit::Bytes as i32,
+                                },
+                                proto::VolumeUsage {
+                                    available: i(s.free_inodes),
+                                    total: i(s.total_inodes),
+                                    used: i(s.used_inodes),
+                                    unit: Unit::Inodes as i32,
+                                },
+                            ]
+                        }
+                        Some(_) => vec![proto::VolumeUsage {
+                            available: 0,
+                            total: i64::try_from(record.size_bytes).unwrap_or(i64::MAX),
+                            used: 0,
+                            unit: Unit::Bytes as i32,
+                        }],
+                    };
+                    Ok(proto::NodeGetVolumeStatsResponse {
+                        usage,
+                        volume_condition: Some(condition),
+                    })
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        req: Request<proto::NodeExpandVolumeRequest>,
+    ) -> Result<Response<proto::NodeExpandVolumeResponse>, Status> {
+        let req = req.into_inner();
+        observed("NodeExpandVolume", &req.volume_id.clone(), async {
+            let name = self.local(&req.volume_id)?;
+            let path = self.path(&req.volume_path, "volume_path")?;
+            if let Some(cap) = &req.volume_capability {
+                validate::capability(cap)?;
+            }
+            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let range = req.capacity_range;
+            let size = self
+                .driver
+                .blocking(move |d| {
+                    let block = d.engine.pool().info().block_bytes();
+                    let wanted = validate::size_from_range(range.as_ref(), block)?;
+                    let current = d
+                        .engine
+                        .get(Kind::Volume, name.as_str())?
+                        .ok_or_else(|| CsiError::NotFound(format!("volume {name} not found")))?;
+                    let record = if wanted > current.size_bytes {
+                        d.engine.expand_volume(name.as_str(), wanted)?
+                    } else {
+                        current
+                    };
+                    let m = d.mounter.as_ref();
+                    if let Some(mounted) = m.mounted(&path)? {
+                        if let Some(fs) = FsType::parse(&mounted.fstype) {
+                            let dev = d.engine.activate(Kind::Volume, name.as_str())?;
+                            m.grow(&dev, &path, fs)?;
+                        }
+                    }
+                    Ok(record.size_bytes)
+                })
+                .await?;
+            Ok(proto::NodeExpandVolumeResponse {
+                capacity_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+            })
+        })
+        .await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _req: Request<proto::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<proto::NodeGetCapabilitiesResponse>, Status> {
+        use nsc::rpc::Type as T;
+        observed("NodeGetCapabilities", "", async {
+            let caps = [
+                T::StageUnstageVolume,
+                T::GetVolumeStats,
+                T::ExpandVolume,
+                T::VolumeCondition,
+                T::SingleNodeMultiWriter,
+            ];
+            Ok(proto::NodeGetCapabilitiesResponse {
+                capabilities: caps
+                    .into_iter()
+                    .map(|t| proto::NodeServiceCapability {
+                        r#type: Some(nsc::Type::Rpc(nsc::Rpc { r#type: t as i32 })),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn node_get_info(
+        &self,
+        _req: Request<proto::NodeGetInfoRequest>,
+    ) -> Result<Response<proto::NodeGetInfoResponse>, Status> {
+        observed("NodeGetInfo", "", async {
+            Ok(proto::NodeGetInfoResponse {
+                node_id: self.driver.node_id.clone(),
+                max_volumes_per_node: self.driver.max_volumes_per_node,
+                accessible_topology: Some(validate::this_node(&self.driver.node_id)),
+            })
+        })
+        .await
+    }
+}
