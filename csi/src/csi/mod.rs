@@ -10,6 +10,8 @@ pub mod ids;
 pub mod node;
 pub mod pagination;
 pub mod server;
+#[cfg(test)]
+mod tests;
 pub mod validate;
 
 use std::future::Future;

@@ -1,0 +1,904 @@
+//! CSI services against the in-memory engine and mounter: request validation and codes,
+//! idempotency, topology, pagination, capacity, and that bad input changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Code, Request};
+
+use super::controller::ControllerService;
+use super::identity::IdentityService;
+use super::node::NodeService;
+use super::proto::volume_capability::{
+    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
+};
+use super::proto::{
+    self, controller_server::Controller, identity_server::Identity, node_server::Node,
+};
+use super::{validate, Driver, TOPOLOGY_KEY};
+use crate::config::Limits;
+use crate::dm::memory::MemoryPool;
+use crate::dm::PoolMode;
+use crate::engine::Engine;
+use crate::mount::memory::MemoryMounter;
+use crate::mount::Mounter;
+use crate::store::Store;
+
+const NODE: &str = "node-1";
+const KUBELET: &str = "/var/lib/kubelet";
+const GIB: i64 = 1 << 30;
+
+type D = Driver<MemoryPool, MemoryMounter>;
+
+struct Fixture {
+    driver: Arc<D>,
+    identity: IdentityService<MemoryPool, MemoryMounter>,
+    ctl: Arc<ControllerService<MemoryPool, MemoryMounter>>,
+    node: Arc<NodeService<MemoryPool, MemoryMounter>>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        overprovision_ratio: 2.0,
+        data_fill_limit_pct: 90.0,
+        meta_fill_limit_pct: 80.0,
+    };
+    let (engine, _) = Engine::open(
+        MemoryPool::new(10 << 30),
+        Store::open(dir.path()).unwrap(),
+        limits,
+    )
+    .unwrap();
+    let driver = Arc::new(Driver {
+        engine: Arc::new(engine),
+        mounter: Arc::new(MemoryMounter::default()),
+        node_id: NODE.into(),
+        kubelet_dir: KUBELET.into(),
+        max_volumes_per_node: 1000,
+        in_flight: Default::default(),
+    });
+    Fixture {
+        identity: IdentityService {
+            driver: driver.clone(),
+        },
+        ctl: Arc::new(ControllerService {
+            driver: driver.clone(),
+        }),
+        node: Arc::new(NodeService {
+            driver: driver.clone(),
+        }),
+        driver,
+        _dir: dir,
+    }
+}
+
+fn mount_cap(fs: &str) -> proto::VolumeCapability {
+    proto::VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            mount_flags: vec![],
+        })),
+    }
+}
+
+fn block_cap() -> proto::VolumeCapability {
+    proto::VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    }
+}
+
+fn create_req(name: &str, bytes: i64) -> proto::CreateVolumeRequest {
+    proto::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(proto::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap("ext4")],
+        ..Default::default()
+    }
+}
+
+fn id(name: &str) -> String {
+    format!("{name}@{NODE}")
+}
+
+impl Fixture {
+    async fn create(
+        &self,
+        req: proto::CreateVolumeRequest,
+    ) -> Result<proto::Volume, tonic::Status> {
+        Ok(self
+            .ctl
+            .create_volume(Request::new(req))
+            .await?
+            .into_inner()
+            .volume
+            .unwrap())
+    }
+
+    async fn capacity(&self) -> i64 {
+        self.ctl
+            .get_capacity(Request::new(Default::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .available_capacity
+    }
+
+    fn state(&self) -> (u64, Vec<crate::store::Record>, usize) {
+        let e = &self.driver.engine;
+        (
+            e.pool().message_count(),
+            e.list(crate::store::Kind::Volume).unwrap(),
+            self.driver.mounter.mount_count(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn identity() {
+    let f = fixture();
+    let info = f
+        .identity
+        .get_plugin_info(Request::new(Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "thinpool.csi.io");
+    assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
+    let caps = f
+        .identity
+        .get_plugin_capabilities(Request::new(Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.capabilities.len(), 3);
+    let probe = f
+        .identity
+        .probe(Request::new(Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    f.driver.engine.pool().set_mode(PoolMode::Ro);
+    let err = f
+        .identity
+        .probe(Request::new(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn create_volume_is_idempotent_and_carries_topology() {
+    let f = fixture();
+    let v = f.create(create_req("pvc-1", GIB)).await.unwrap();
+    assert_eq!(v.volume_id, id("pvc-1"));
+    assert_eq!(v.capacity_bytes, GIB);
+    assert_eq!(v.accessible_topology, vec![validate::this_node(NODE)]);
+    assert_eq!(
+        v.volume_context.get("fsType").map(String::as_str),
+        Some("ext4")
+    );
+    assert_eq!(f.create(create_req("pvc-1", GIB)).await.unwrap(), v);
+    let err = f.create(create_req("pvc-1", 2 * GIB)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    // Rounded up to the pool's 64 KiB block.
+    assert_eq!(
+        f.create(create_req("pvc-2", 1000))
+            .await
+            .unwrap()
+            .capacity_bytes,
+        64 << 10
+    );
+}
+
+#[tokio::test]
+async fn bad_create_requests_get_their_codes_and_change_nothing() {
+    let f = fixture();
+    f.create(create_req("existing", GIB)).await.unwrap();
+    let before = f.state();
+    let mut cases: Vec<(proto::CreateVolumeRequest, Code)> = vec![];
+    for name in ["", "a/b", "..", "x\0y", &"x".repeat(129)] {
+        cases.push((create_req(name, GIB), Code::InvalidArgument));
+    }
+    let mut r = create_req("v", GIB);
+    r.volume_capabilities.clear();
+    cases.push((r, Code::InvalidArgument));
+    let mut r = create_req("v", GIB);
+    r.volume_capabilities[0].access_mode = Some(AccessMode {
+        mode: Mode::MultiNodeMultiWriter as i32,
+    });
+    cases.push((r, Code::InvalidArgument));
+    let mut r = create_req("v", GIB);
+    r.volume_capabilities[0].access_type = None;
+    cases.push((r, Code::InvalidArgument));
+    cases.push((
+        proto::CreateVolumeRequest {
+            volume_capabilities: vec![mount_cap("btrfs")],
+            ..create_req("v", GIB)
+        },
+        Code::InvalidArgument,
+    ));
+    cases.push((create_req("v", -1), Code::InvalidArgument));
+    let mut r = create_req("v", GIB);
+    r.capacity_range = Some(proto::CapacityRange {
+        required_bytes: 2 * GIB,
+        limit_bytes: GIB,
+    });
+    cases.push((r, Code::InvalidArgument));
+    let mut r = create_req("v", GIB);
+    r.parameters = HashMap::from([("fsType".into(), "zfs".into())]);
+    cases.push((r, Code::InvalidArgument));
+    let mut r = create_req("v", GIB);
+    r.accessibility_requirements = Some(proto::TopologyRequirement {
+        requisite: vec![validate::this_node("other")],
+        preferred: vec![],
+    });
+    cases.push((r, Code::ResourceExhausted));
+    let mut r = create_req("v", GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Snapshot(
+            proto::volume_content_source::SnapshotSource {
+                snapshot_id: "snap@other-node".into(),
+            },
+        )),
+    });
+    cases.push((r, Code::ResourceExhausted));
+    let mut r = create_req("v", GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Snapshot(
+            proto::volume_content_source::SnapshotSource {
+                snapshot_id: id("no-such-snap"),
+            },
+        )),
+    });
+    cases.push((r, Code::NotFound));
+    let mut r = create_req("v", GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Volume(
+            proto::volume_content_source::VolumeSource {
+                volume_id: "../x@node-1".into(),
+            },
+        )),
+    });
+    cases.push((r, Code::InvalidArgument));
+    cases.push((create_req("too-big", 100 * GIB), Code::ResourceExhausted));
+    for (req, code) in cases {
+        let what = format!("{:?}", req.name);
+        let err = f.create(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(!err.message().is_empty());
+    }
+    assert_eq!(
+        f.state(),
+        before,
+        "bad input changed the pool, records or mounts"
+    );
+}
+
+#[tokio::test]
+async fn snapshots_restore_and_clone() {
+    let f = fixture();
+    f.create(create_req("base", GIB)).await.unwrap();
+    let snap_req = proto::CreateSnapshotRequest {
+        name: "snap-1".into(),
+        source_volume_id: id("base"),
+        ..Default::default()
+    };
+    let s = f
+        .ctl
+        .create_snapshot(Request::new(snap_req.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(
+        (s.snapshot_id.as_str(), s.size_bytes, s.ready_to_use),
+        (id("snap-1").as_str(), GIB, true)
+    );
+    assert!(s.creation_time.is_some());
+    let again = f
+        .ctl
+        .create_snapshot(Request::new(snap_req))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(again, s);
+    let missing = proto::CreateSnapshotRequest {
+        name: "snap-2".into(),
+        source_volume_id: id("nope"),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .create_snapshot(Request::new(missing))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let other = proto::CreateSnapshotRequest {
+        name: "snap-1".into(),
+        source_volume_id: id("other"),
+        ..Default::default()
+    };
+    f.create(create_req("other", GIB)).await.unwrap();
+    assert_eq!(
+        f.ctl
+            .create_snapshot(Request::new(other))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+
+    // Restore, larger than the snapshot; and a restore asking less gets the snapshot's size.
+    let mut r = create_req("restored", 2 * GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Snapshot(
+            proto::volume_content_source::SnapshotSource {
+                snapshot_id: id("snap-1"),
+            },
+        )),
+    });
+    let v = f.create(r.clone()).await.unwrap();
+    assert_eq!(v.capacity_bytes, 2 * GIB);
+    assert_eq!(v.content_source, r.volume_content_source);
+    r.name = "small".into();
+    r.capacity_range = Some(proto::CapacityRange {
+        required_bytes: GIB / 2,
+        limit_bytes: 0,
+    });
+    assert_eq!(f.create(r.clone()).await.unwrap().capacity_bytes, GIB);
+    r.name = "limited".into();
+    r.capacity_range = Some(proto::CapacityRange {
+        required_bytes: GIB / 2,
+        limit_bytes: GIB / 2,
+    });
+    assert_eq!(f.create(r).await.unwrap_err().code(), Code::OutOfRange);
+
+    // Clone.
+    let mut c = create_req("clone", GIB);
+    c.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Volume(
+            proto::volume_content_source::VolumeSource {
+                volume_id: id("base"),
+            },
+        )),
+    });
+    f.create(c).await.unwrap();
+
+    // List by id, by source; delete the origin, the snapshot stays.
+    let by_id = proto::ListSnapshotsRequest {
+        snapshot_id: id("snap-1"),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .list_snapshots(Request::new(by_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len(),
+        1
+    );
+    let by_src = proto::ListSnapshotsRequest {
+        source_volume_id: id("base"),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .list_snapshots(Request::new(by_src))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len(),
+        1
+    );
+    let unknown = proto::ListSnapshotsRequest {
+        snapshot_id: "garbage".into(),
+        ..Default::default()
+    };
+    assert!(f
+        .ctl
+        .list_snapshots(Request::new(unknown))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .is_empty());
+    f.ctl
+        .delete_volume(Request::new(proto::DeleteVolumeRequest {
+            volume_id: id("base"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let all = f
+        .ctl
+        .list_snapshots(Request::new(Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.entries.len(), 1);
+    for _ in 0..2 {
+        f.ctl
+            .delete_snapshot(Request::new(proto::DeleteSnapshotRequest {
+                snapshot_id: id("snap-1"),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn delete_list_and_capacity() {
+    let f = fixture();
+    let before = f.capacity().await;
+    for i in 0..5 {
+        f.create(create_req(&format!("v{i}"), GIB)).await.unwrap();
+    }
+    assert_eq!(f.capacity().await, before - 5 * GIB);
+    let mut seen = vec![];
+    let mut token = String::new();
+    loop {
+        let page = f
+            .ctl
+            .list_volumes(Request::new(proto::ListVolumesRequest {
+                max_entries: 2,
+                starting_token: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().volume_id),
+        );
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(
+        seen,
+        (0..5).map(|i| id(&format!("v{i}"))).collect::<Vec<_>>()
+    );
+    let bad = proto::ListVolumesRequest {
+        max_entries: 2,
+        starting_token: "bogus".into(),
+    };
+    assert_eq!(
+        f.ctl
+            .list_volumes(Request::new(bad))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Aborted
+    );
+    let neg = proto::ListVolumesRequest {
+        max_entries: -1,
+        starting_token: String::new(),
+    };
+    assert_eq!(
+        f.ctl
+            .list_volumes(Request::new(neg))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    for _ in 0..2 {
+        f.ctl
+            .delete_volume(Request::new(proto::DeleteVolumeRequest {
+                volume_id: id("v0"),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.capacity().await, before - 4 * GIB);
+    let other = proto::DeleteVolumeRequest {
+        volume_id: "v1@other-node".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .delete_volume(Request::new(other))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    for bad in ["", "v1", "a/b@node-1", "..@node-1"] {
+        let r = proto::DeleteVolumeRequest {
+            volume_id: bad.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.ctl
+                .delete_volume(Request::new(r))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+
+    // GetCapacity for another node's topology is zero.
+    let t = proto::Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), "other".to_owned())]),
+    };
+    let r = proto::GetCapacityRequest {
+        accessible_topology: Some(t),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .get_capacity(Request::new(r))
+            .await
+            .unwrap()
+            .into_inner()
+            .available_capacity,
+        0
+    );
+    let get = proto::ControllerGetVolumeRequest {
+        volume_id: id("v1"),
+    };
+    let got = f
+        .ctl
+        .controller_get_volume(Request::new(get))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
+    let get = proto::ControllerGetVolumeRequest {
+        volume_id: id("v0"),
+    };
+    assert_eq!(
+        f.ctl
+            .controller_get_volume(Request::new(get))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn validate_volume_capabilities() {
+    let f = fixture();
+    f.create(create_req("v", GIB)).await.unwrap();
+    let ok = proto::ValidateVolumeCapabilitiesRequest {
+        volume_id: id("v"),
+        volume_capabilities: vec![mount_cap("xfs")],
+        ..Default::default()
+    };
+    assert!(f
+        .ctl
+        .validate_volume_capabilities(Request::new(ok))
+        .await
+        .unwrap()
+        .into_inner()
+        .confirmed
+        .is_some());
+    let mut multi = mount_cap("ext4");
+    multi.access_mode = Some(AccessMode {
+        mode: Mode::MultiNodeReaderOnly as i32,
+    });
+    let no = proto::ValidateVolumeCapabilitiesRequest {
+        volume_id: id("v"),
+        volume_capabilities: vec![multi],
+        ..Default::default()
+    };
+    let r = f
+        .ctl
+        .validate_volume_capabilities(Request::new(no))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.confirmed.is_none() && !r.message.is_empty());
+    let missing = proto::ValidateVolumeCapabilitiesRequest {
+        volume_id: id("nope"),
+        volume_capabilities: vec![mount_cap("")],
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .validate_volume_capabilities(Request::new(missing))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let empty = proto::ValidateVolumeCapabilitiesRequest {
+        volume_id: id("v"),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.ctl
+            .validate_volume_capabilities(Request::new(empty))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+}
+
+fn stage_req(name: &str, cap: proto::VolumeCapability) -> proto::NodeStageVolumeRequest {
+    proto::NodeStageVolumeRequest {
+        volume_id: id(name),
+        staging_target_path: format!(
+            "{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"
+        ),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+fn publish_req(
+    name: &str,
+    cap: proto::VolumeCapability,
+    ro: bool,
+) -> proto::NodePublishVolumeRequest {
+    proto::NodePublishVolumeRequest {
+        volume_id: id(name),
+        staging_target_path: format!(
+            "{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"
+        ),
+        target_path: format!("{KUBELET}/pods/uid/volumes/kubernetes.io~csi/{name}/mount"),
+        volume_capability: Some(cap),
+        readonly: ro,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn node_stage_publish_is_idempotent_and_never_reformats() {
+    let f = fixture();
+    f.create(create_req("v", GIB)).await.unwrap();
+    let m = f.driver.mounter.clone();
+    for _ in 0..2 {
+        f.node
+            .node_stage_volume(Request::new(stage_req("v", mount_cap("ext4"))))
+            .await
+            .unwrap();
+    }
+    assert_eq!(m.formats(), 1);
+    for _ in 0..2 {
+        f.node
+            .node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), false)))
+            .await
+            .unwrap();
+    }
+    let ro = f
+        .node
+        .node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), true)))
+        .await
+        .unwrap_err();
+    assert_eq!(ro.code(), Code::AlreadyExists);
+    let stats = proto::NodeGetVolumeStatsRequest {
+        volume_id: id("v"),
+        volume_path: publish_req("v", mount_cap(""), false).target_path,
+        staging_target_path: String::new(),
+    };
+    let s = f
+        .node
+        .node_get_volume_stats(Request::new(stats))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.usage.len(), 2);
+    assert!(!s.volume_condition.unwrap().abnormal);
+    let expand = proto::NodeExpandVolumeRequest {
+        volume_id: id("v"),
+        volume_path: publish_req("v", mount_cap(""), false).target_path,
+        capacity_range: Some(proto::CapacityRange {
+            required_bytes: 2 * GIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        f.node
+            .node_expand_volume(Request::new(expand.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .capacity_bytes,
+        2 * GIB
+    );
+    assert_eq!(
+        f.node
+            .node_expand_volume(Request::new(expand))
+            .await
+            .unwrap()
+            .into_inner()
+            .capacity_bytes,
+        2 * GIB
+    );
+    assert!(m.grows() >= 2);
+    for _ in 0..2 {
+        let r = proto::NodeUnpublishVolumeRequest {
+            volume_id: id("v"),
+            target_path: publish_req("v", mount_cap(""), false).target_path,
+        };
+        f.node.node_unpublish_volume(Request::new(r)).await.unwrap();
+        let r = proto::NodeUnstageVolumeRequest {
+            volume_id: id("v"),
+            staging_target_path: stage_req("v", mount_cap("")).staging_target_path,
+        };
+        f.node.node_unstage_volume(Request::new(r)).await.unwrap();
+    }
+    assert_eq!(m.mount_count(), 0);
+
+    // A device holding another filesystem is never reformatted.
+    f.create(create_req("w", GIB)).await.unwrap();
+    let dev = f
+        .driver
+        .engine
+        .activate(crate::store::Kind::Volume, "w")
+        .unwrap();
+    m.set_signature(&dev, "xfs");
+    let err = f
+        .node
+        .node_stage_volume(Request::new(stage_req("w", mount_cap("ext4"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(m.formats(), 1);
+    // Publishing an unstaged filesystem volume is refused.
+    let err = f
+        .node
+        .node_publish_volume(Request::new(publish_req("w", mount_cap("xfs"), false)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn node_block_volumes_and_bad_paths() {
+    let f = fixture();
+    let mut r = create_req("b", GIB);
+    r.volume_capabilities = vec![block_cap()];
+    let v = f.create(r).await.unwrap();
+    assert!(v.volume_context.is_empty());
+    f.node
+        .node_stage_volume(Request::new(stage_req("b", block_cap())))
+        .await
+        .unwrap();
+    let mut p = publish_req("b", block_cap(), false);
+    p.target_path = format!("{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/publish/b/pod");
+    f.node
+        .node_publish_volume(Request::new(p.clone()))
+        .await
+        .unwrap();
+    assert!(f
+        .driver
+        .mounter
+        .exists(std::path::Path::new(&p.target_path)));
+    assert_eq!(f.driver.mounter.formats(), 0);
+
+    let before = f.state();
+    let outside = [
+        "/etc/passwd",
+        "/var/lib/kubelet/../../etc",
+        "relative",
+        "",
+        "/var/lib/kubeletX/a",
+    ];
+    for path in outside {
+        let mut s = stage_req("b", mount_cap("ext4"));
+        s.staging_target_path = path.into();
+        assert_eq!(
+            f.node
+                .node_stage_volume(Request::new(s))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument,
+            "{path:?}"
+        );
+        let mut p = publish_req("b", mount_cap("ext4"), false);
+        p.target_path = path.into();
+        assert_eq!(
+            f.node
+                .node_publish_volume(Request::new(p))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument,
+            "{path:?}"
+        );
+    }
+    let mut s = stage_req("b", mount_cap("ext4"));
+    s.volume_capability = None;
+    assert_eq!(
+        f.node
+            .node_stage_volume(Request::new(s))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let mut s = stage_req("b", mount_cap("ext4"));
+    s.volume_id = "b@other-node".into();
+    assert_eq!(
+        f.node
+            .node_stage_volume(Request::new(s))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(f.state(), before);
+
+    let info = f
+        .node
+        .node_get_info(Request::new(Default::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, NODE);
+    assert_eq!(info.accessible_topology, Some(validate::this_node(NODE)));
+}
+
+#[tokio::test]
+async fn a_second_call_for_a_busy_volume_is_aborted() {
+    let f = fixture();
+    f.create(create_req("v", GIB)).await.unwrap();
+    let _held = f.driver.in_flight.claim(&id("v")).unwrap();
+    let err = f
+        .node
+        .node_stage_volume(Request::new(stage_req("v", mount_cap("ext4"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    let err = f
+        .ctl
+        .delete_volume(Request::new(proto::DeleteVolumeRequest {
+            volume_id: id("v"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+}
+
+#[tokio::test]
+async fn unimplemented_calls_say_why() {
+    let f = fixture();
+    let e = f
+        .ctl
+        .controller_expand_volume(Request::new(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("NodeExpandVolume"));
+    let e = f
+        .ctl
+        .controller_publish_volume(Request::new(Default::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+}
