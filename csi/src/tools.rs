@@ -54,6 +54,16 @@ pub fn run_any(program: &str, args: &[&str]) -> Result<Output, ToolError> {
     })
 }
 
+/// The first `n` lines of a program's stderr (the cause; usage text after it is noise).
+fn first_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim().lines().collect();
+    let mut out = lines.iter().take(n).copied().collect::<Vec<_>>().join("; ");
+    if lines.len() > n {
+        out.push_str(" ...");
+    }
+    out
+}
+
 /// Runs `program args` and fails unless it exits 0.
 pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
     let out = run_any(program, args)?;
@@ -64,7 +74,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
             status: out.code.map_or("killed by a signal".to_owned(), |c| {
                 format!("exit code {c}")
             }),
-            stderr: out.stderr.trim().to_owned(),
+            stderr: first_lines(&out.stderr, 4),
         });
     }
     Ok(out.stdout)
@@ -110,7 +120,7 @@ pub fn signature(device: &str) -> Result<Option<String>, ToolError> {
             program: "blkid".into(),
             args: format!("-p -o export {device}"),
             status: format!("{code:?}"),
-            stderr: out.stderr.trim().to_owned(),
+            stderr: first_lines(&out.stderr, 4),
         }),
     }
 }

@@ -160,6 +160,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                 }
             }
             ObjectId::format(&name, &self.driver.node_id)?;
+            let min_bytes = if wants_mount { fs.unwrap_or(FsType::Ext4).min_bytes() } else { 0 };
             let me = self.clone();
             let range = req.capacity_range;
             let content = req.volume_content_source.clone();
@@ -182,6 +183,15 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                             if from.size_bytes > size && (limit == 0 || from.size_bytes <= limit) {
                                 size = from.size_bytes;
                             }
+                        }
+                        if size < min_bytes {
+                            let limit = range.map_or(0, |r| r.limit_bytes as u64);
+                            if limit != 0 && limit < min_bytes {
+                                return Err(CsiError::OutOfRange(format!(
+                                    "the filesystem needs a volume of at least {min_bytes} bytes, above the limit {limit}"
+                                )));
+                            }
+                            size = min_bytes;
                         }
                         Ok(d.engine
                             .create_volume(name.as_str(), size, src)?

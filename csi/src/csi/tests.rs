@@ -200,6 +200,16 @@ async fn create_volume_is_idempotent_and_carries_topology() {
             .capacity_bytes,
         64 << 10
     );
+    // XFS needs 300 MiB: a smaller request is rounded up, or refused when the limit forbids it.
+    let mut x = create_req("pvc-x", 100 << 20);
+    x.volume_capabilities = vec![mount_cap("xfs")];
+    assert_eq!(f.create(x.clone()).await.unwrap().capacity_bytes, 300 << 20);
+    x.name = "pvc-y".into();
+    x.capacity_range = Some(proto::CapacityRange {
+        required_bytes: 100 << 20,
+        limit_bytes: 200 << 20,
+    });
+    assert_eq!(f.create(x).await.unwrap_err().code(), Code::OutOfRange);
 }
 
 #[tokio::test]

@@ -36,6 +36,14 @@ impl FsType {
             FsType::Xfs => "xfs",
         }
     }
+
+    /// The smallest device `mkfs` accepts for this filesystem (mkfs.xfs refuses under 300 MB).
+    pub fn min_bytes(self) -> u64 {
+        match self {
+            FsType::Ext4 => 0,
+            FsType::Xfs => 300 << 20,
+        }
+    }
 }
 
 /// Usage of a mounted filesystem.

@@ -4,6 +4,7 @@
 //! Usage inside the guest: `kernel [FILTER]`; the crash tests re-run this binary as a child.
 
 mod crash;
+mod csi;
 mod fixture;
 mod isolation;
 mod lifecycle;
@@ -58,6 +59,21 @@ const TESTS: &[Test] = &[
     ),
     ("lvm_seed_demonstration", lvm::lvm_seed_demonstration),
     ("lvm_adoption_refusals", lvm::lvm_adoption_refusals),
+    ("csi_identity_and_probe", csi::csi_identity_and_probe),
+    (
+        "csi_filesystem_lifecycle_ext4_and_xfs",
+        csi::csi_filesystem_lifecycle_ext4_and_xfs,
+    ),
+    ("csi_block_volume", csi::csi_block_volume),
+    (
+        "csi_restart_between_stage_and_publish",
+        csi::csi_restart_between_stage_and_publish,
+    ),
+    (
+        "csi_bad_input_changes_nothing",
+        csi::csi_bad_input_changes_nothing,
+    ),
+    ("csi_pagination", csi::csi_pagination),
 ];
 
 fn main() -> ExitCode {
