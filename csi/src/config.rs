@@ -25,12 +25,7 @@ pub struct PoolArgs {
     #[arg(long, env = "THINPOOL_CSI_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Kind of pool to open.
-    #[arg(
-        long = "pool",
-        env = "THINPOOL_CSI_POOL",
-        value_enum,
-        default_value = "loop"
-    )]
+    #[arg(long = "pool", env = "THINPOOL_CSI_POOL", value_enum, default_value = "loop")]
     pub kind: PoolKindArg,
     /// dm name of the loop pool.
     #[arg(long, env = "THINPOOL_CSI_POOL_NAME", default_value = "thinpool-csi")]
@@ -86,11 +81,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            overprovision_ratio: 5.0,
-            data_fill_limit_pct: 90.0,
-            meta_fill_limit_pct: 80.0,
-        }
+        Limits { overprovision_ratio: 5.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 }
     }
 }
 
@@ -104,21 +95,13 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("--{flag} {value:?}: {reason}")]
-    Invalid {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { flag: &'static str, value: String, reason: String },
     #[error("--pool direct-lvm needs --lvm-pool VG/LV naming an existing LVM thin pool")]
     MissingLvmPool,
 }
 
 fn invalid(flag: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { flag, value: value.to_string(), reason: reason.into() }
 }
 
 /// An LVM VG or LV name: what `lvcreate` accepts.
@@ -128,8 +111,7 @@ pub fn valid_lvm_name(s: &str) -> bool {
         && !s.starts_with('-')
         && s != "."
         && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
 }
 
 /// Metadata size for a pool: 48 bytes per data block, at least 4 MiB, at most 16 GiB, whole MiB.
@@ -146,78 +128,40 @@ impl PoolArgs {
             meta_fill_limit_pct: self.metadata_fill_limit,
         };
         if !(limits.overprovision_ratio.is_finite() && limits.overprovision_ratio >= 1.0) {
-            return Err(invalid(
-                "overprovision-ratio",
-                self.overprovision_ratio,
-                "must be a number of at least 1",
-            ));
+            return Err(invalid("overprovision-ratio", self.overprovision_ratio, "must be a number of at least 1"));
         }
-        for (flag, v) in [
-            ("data-fill-limit", self.data_fill_limit),
-            ("metadata-fill-limit", self.metadata_fill_limit),
-        ] {
+        for (flag, v) in [("data-fill-limit", self.data_fill_limit), ("metadata-fill-limit", self.metadata_fill_limit)]
+        {
             if !(v > 0.0 && v <= 100.0) {
-                return Err(invalid(
-                    flag,
-                    v,
-                    "must be a percentage above 0 and at most 100",
-                ));
+                return Err(invalid(flag, v, "must be a percentage above 0 and at most 100"));
             }
         }
         if !self.state_dir.is_absolute() {
-            return Err(invalid(
-                "state-dir",
-                self.state_dir.display(),
-                "must be an absolute path",
-            ));
+            return Err(invalid("state-dir", self.state_dir.display(), "must be an absolute path"));
         }
         let pool = match self.kind {
             PoolKindArg::Loop => PoolSpec::Loop(self.loop_spec()?),
             PoolKindArg::DirectLvm => {
-                let spec = self
-                    .lvm_pool
-                    .as_deref()
-                    .ok_or(ConfigError::MissingLvmPool)?;
+                let spec = self.lvm_pool.as_deref().ok_or(ConfigError::MissingLvmPool)?;
                 let (vg, lv) = spec
                     .split_once('/')
                     .filter(|(vg, lv)| valid_lvm_name(vg) && valid_lvm_name(lv))
-                    .ok_or_else(|| {
-                        invalid(
-                            "lvm-pool",
-                            spec,
-                            "must be VG/LV with LVM names on both sides",
-                        )
-                    })?;
-                PoolSpec::DirectLvm {
-                    vg: vg.to_owned(),
-                    lv: lv.to_owned(),
-                }
+                    .ok_or_else(|| invalid("lvm-pool", spec, "must be VG/LV with LVM names on both sides"))?;
+                PoolSpec::DirectLvm { vg: vg.to_owned(), lv: lv.to_owned() }
             }
         };
-        Ok(NodeConfig {
-            state_dir: self.state_dir.clone(),
-            pool,
-            limits,
-        })
+        Ok(NodeConfig { state_dir: self.state_dir.clone(), pool, limits })
     }
 
     fn loop_spec(&self) -> Result<LoopSpec, ConfigError> {
         let name = &self.pool_name;
         if name.is_empty()
             || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(invalid(
-                "pool-name",
-                name,
-                "use 1 to 64 letters, digits, '-', '_' or '.'",
-            ));
+            return Err(invalid("pool-name", name, "use 1 to 64 letters, digits, '-', '_' or '.'"));
         }
-        let size = |flag: &'static str, v: &str| {
-            parse_size(v).map_err(|e| invalid(flag, v, e.to_string()))
-        };
+        let size = |flag: &'static str, v: &str| parse_size(v).map_err(|e| invalid(flag, v, e.to_string()));
         let block_bytes = size("loop-block-size", &self.loop_block_size)?;
         if !(64 << 10..=1 << 30).contains(&block_bytes) || !block_bytes.is_multiple_of(64 << 10) {
             return Err(invalid(
@@ -228,11 +172,7 @@ impl PoolArgs {
         }
         let data_bytes = size("loop-data-size", &self.loop_data_size)?;
         if data_bytes < 16 * block_bytes.max(4 << 20) {
-            return Err(invalid(
-                "loop-data-size",
-                &self.loop_data_size,
-                "is too small for a pool (at least 64Mi)",
-            ));
+            return Err(invalid("loop-data-size", &self.loop_data_size, "is too small for a pool (at least 64Mi)"));
         }
         let meta_bytes = match &self.loop_metadata_size {
             None => default_meta_bytes(data_bytes, block_bytes),
@@ -244,24 +184,11 @@ impl PoolArgs {
                 m
             }
         };
-        let dir = self
-            .loop_dir
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("loop"));
+        let dir = self.loop_dir.clone().unwrap_or_else(|| self.state_dir.join("loop"));
         if !dir.is_absolute() {
-            return Err(invalid(
-                "loop-dir",
-                dir.display(),
-                "must be an absolute path",
-            ));
+            return Err(invalid("loop-dir", dir.display(), "must be an absolute path"));
         }
-        Ok(LoopSpec {
-            dir,
-            name: name.clone(),
-            data_bytes,
-            meta_bytes,
-            block_bytes,
-        })
+        Ok(LoopSpec { dir, name: name.clone(), data_bytes, meta_bytes, block_bytes })
     }
 }
 
@@ -295,21 +222,12 @@ mod tests {
 
     #[test]
     fn direct_lvm_needs_a_valid_vg_lv() {
-        assert_eq!(
-            parse(&["--pool", "direct-lvm"]),
-            Err(ConfigError::MissingLvmPool)
-        );
+        assert_eq!(parse(&["--pool", "direct-lvm"]), Err(ConfigError::MissingLvmPool));
         assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg"]).is_err());
         assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg/../x"]).is_err());
         assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg/-x"]).is_err());
         let c = parse(&["--pool", "direct-lvm", "--lvm-pool", "docker/thinpool"]).unwrap();
-        assert_eq!(
-            c.pool,
-            PoolSpec::DirectLvm {
-                vg: "docker".into(),
-                lv: "thinpool".into()
-            }
-        );
+        assert_eq!(c.pool, PoolSpec::DirectLvm { vg: "docker".into(), lv: "thinpool".into() });
     }
 
     #[test]

@@ -8,11 +8,7 @@ use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, Volum
 use thinpool_csi::csi::server::{run_node, NodeArgs};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "thinpool-csi",
-    version,
-    about = "Node-local thin-provisioned volumes on a device-mapper thin pool"
-)]
+#[command(name = "thinpool-csi", version, about = "Node-local thin-provisioned volumes on a device-mapper thin pool")]
 struct Cli {
     /// Output format of the operator commands.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
@@ -47,11 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Node(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let default_level = if matches!(cli.command, Command::Node(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

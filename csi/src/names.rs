@@ -34,10 +34,7 @@ impl Name {
         if name.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong(name.len()));
         }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
-        {
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))) {
             return Err(NameError::BadChar(name.escape_debug().to_string(), c));
         }
         if name.contains("..") || name.starts_with('.') {
@@ -77,12 +74,7 @@ mod tests {
 
     #[test]
     fn accepts_kubernetes_style_names() {
-        for ok in [
-            "pvc-8b1f2c3d-1234-4e5f-9abc-def012345678",
-            "snapshot-1",
-            "a",
-            "vol_1.2:x",
-        ] {
+        for ok in ["pvc-8b1f2c3d-1234-4e5f-9abc-def012345678", "snapshot-1", "a", "vol_1.2:x"] {
             assert!(Name::new(ok).is_ok(), "{ok}");
         }
         assert!(Name::new(&"x".repeat(MAX_NAME_LEN)).is_ok());
@@ -93,10 +85,7 @@ mod tests {
         assert_eq!(Name::new(""), Err(NameError::Empty));
         assert_eq!(Name::new(&"x".repeat(129)), Err(NameError::TooLong(129)));
         assert!(matches!(Name::new("a/b"), Err(NameError::BadChar(_, '/'))));
-        assert!(matches!(
-            Name::new("a\0b"),
-            Err(NameError::BadChar(_, '\0'))
-        ));
+        assert!(matches!(Name::new("a\0b"), Err(NameError::BadChar(_, '\0'))));
         assert!(matches!(Name::new("a b"), Err(NameError::BadChar(_, ' '))));
         assert!(matches!(Name::new("a..b"), Err(NameError::Dots(_))));
         assert!(matches!(Name::new(".."), Err(NameError::Dots(_))));

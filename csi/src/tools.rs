@@ -14,12 +14,7 @@ pub enum ToolError {
         source: std::io::Error,
     },
     #[error("{program} {args} failed ({status}): {stderr}")]
-    Failed {
-        program: String,
-        args: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { program: String, args: String, status: String, stderr: String },
 }
 
 /// What a finished program printed.
@@ -39,14 +34,11 @@ fn hint(program: &str) -> &'static str {
 
 /// Runs `program args` and returns its output whatever its exit code.
 pub fn run_any(program: &str, args: &[&str]) -> Result<Output, ToolError> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| ToolError::Missing {
-            program: program.to_owned(),
-            hint: hint(program),
-            source,
-        })?;
+    let out = Command::new(program).args(args).output().map_err(|source| ToolError::Missing {
+        program: program.to_owned(),
+        hint: hint(program),
+        source,
+    })?;
     Ok(Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -71,9 +63,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
         return Err(ToolError::Failed {
             program: program.to_owned(),
             args: args.join(" "),
-            status: out.code.map_or("killed by a signal".to_owned(), |c| {
-                format!("exit code {c}")
-            }),
+            status: out.code.map_or("killed by a signal".to_owned(), |c| format!("exit code {c}")),
             stderr: first_lines(&out.stderr, 4),
         });
     }
@@ -83,9 +73,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, ToolError> {
 /// Extra `--config` text for every LVM command (from `THINPOOL_CSI_LVM_CONFIG`), e.g. to turn off
 /// udev synchronisation inside a container or a VM without udev.
 fn lvm_config() -> Option<String> {
-    std::env::var("THINPOOL_CSI_LVM_CONFIG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+    std::env::var("THINPOOL_CSI_LVM_CONFIG").ok().filter(|s| !s.trim().is_empty())
 }
 
 /// Runs an LVM command (`lvs`, `pvcreate`, ...) with the configured `--config` text.
@@ -107,10 +95,7 @@ pub fn signature(device: &str) -> Result<Option<String>, ToolError> {
             let kind = out
                 .stdout
                 .lines()
-                .find_map(|l| {
-                    l.strip_prefix("TYPE=")
-                        .or_else(|| l.strip_prefix("PTTYPE="))
-                })
+                .find_map(|l| l.strip_prefix("TYPE=").or_else(|| l.strip_prefix("PTTYPE=")))
                 .unwrap_or("unknown");
             Ok(Some(kind.to_owned()))
         }

@@ -83,9 +83,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeParseError> {
     if digits.is_empty() {
         return Err(SizeParseError::Syntax(text.to_owned()));
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| SizeParseError::Overflow(text.to_owned()))?;
+    let n: u64 = digits.parse().map_err(|_| SizeParseError::Overflow(text.to_owned()))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "k" | "KB" => 1000,
@@ -98,8 +96,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeParseError> {
         "Ti" | "TiB" => 1 << 40,
         _ => return Err(SizeParseError::Syntax(text.to_owned())),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| SizeParseError::Overflow(text.to_owned()))
+    n.checked_mul(mult).ok_or_else(|| SizeParseError::Overflow(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -110,10 +107,7 @@ mod tests {
     fn thin_ids_are_24_bit() {
         assert!(ThinId::new(0).is_ok());
         assert!(ThinId::new(MAX_THIN_ID).is_ok());
-        assert_eq!(
-            ThinId::new(MAX_THIN_ID + 1),
-            Err(ThinIdRange(MAX_THIN_ID + 1))
-        );
+        assert_eq!(ThinId::new(MAX_THIN_ID + 1), Err(ThinIdRange(MAX_THIN_ID + 1)));
         assert!(serde_json::from_str::<ThinId>("16777216").is_err());
         assert_eq!(serde_json::from_str::<ThinId>("7").unwrap().get(), 7);
     }
@@ -126,10 +120,7 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1_000_000_000));
         assert!(matches!(parse_size("12Q"), Err(SizeParseError::Syntax(_))));
         assert!(matches!(parse_size("Gi"), Err(SizeParseError::Syntax(_))));
-        assert!(matches!(
-            parse_size("99999999999Ti"),
-            Err(SizeParseError::Overflow(_))
-        ));
+        assert!(matches!(parse_size("99999999999Ti"), Err(SizeParseError::Overflow(_))));
     }
 
     #[test]

@@ -29,9 +29,7 @@ fn cargo_executable(args: &[&str], name: &str, kind: &str) -> Result<PathBuf> {
             continue;
         };
         let target = &msg["target"];
-        let is_kind = target["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == kind));
+        let is_kind = target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == kind));
         if target["name"] == name && is_kind {
             if let Some(exe) = msg["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
@@ -50,17 +48,9 @@ pub fn csi_binary(release: bool) -> Result<PathBuf> {
 }
 
 pub fn kernel_suite() -> Result<PathBuf> {
-    cargo_executable(
-        &["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"],
-        "kernel",
-        "test",
-    )
+    cargo_executable(&["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"], "kernel", "test")
 }
 
 pub fn bench() -> Result<PathBuf> {
-    cargo_executable(
-        &["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"],
-        "pool",
-        "bench",
-    )
+    cargo_executable(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
 }

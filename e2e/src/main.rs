@@ -13,10 +13,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "thinpool-e2e",
-    about = "thinpool-csi end-to-end suites in a VM with real device-mapper"
-)]
+#[command(name = "thinpool-e2e", about = "thinpool-csi end-to-end suites in a VM with real device-mapper")]
 struct Cli {
     /// Time limit for the whole guest run, in seconds.
     #[arg(long, global = true)]
@@ -66,11 +63,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo => {
             let csi = build::csi_binary(false)?;
             let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/demo.sh");
-            let script = format!(
-                "export THINPOOL_CSI={}\nsh {}",
-                csi.display(),
-                demo.display()
-            );
+            let script = format!("export THINPOOL_CSI={}\nsh {}", csi.display(), demo.display());
             vm::run_in_vm("demo", &script, limit(300))
         }
         Cmd::Bench { ops } => {

@@ -140,11 +140,7 @@ fn engine(args: &PoolArgs) -> Result<Engine<crate::dm::kernel::KernelPool>, CliE
     Ok(engine)
 }
 
-fn print<T: Serialize>(
-    format: OutputFormat,
-    value: &T,
-    table: impl FnOnce() -> String,
-) -> Result<(), CliError> {
+fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> String) -> Result<(), CliError> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Table => print!("{}", table()),
@@ -178,10 +174,7 @@ fn pool_table(r: &PoolReport) -> String {
         ("pool", format!("{} ({})", r.info.dm_name, r.info.kind)),
         ("source", r.info.source.clone()),
         ("state", c.state.to_string()),
-        (
-            "transaction id",
-            c.transaction_id.map_or("-".to_owned(), |t| t.to_string()),
-        ),
+        ("transaction id", c.transaction_id.map_or("-".to_owned(), |t| t.to_string())),
         ("chunk size", human_bytes(r.info.block_bytes())),
         (
             "data",
@@ -201,22 +194,12 @@ fn pool_table(r: &PoolReport) -> String {
                 c.metadata_fill_pct()
             ),
         ),
-        (
-            "provisioned",
-            format!(
-                "{} ({:.0}% of data)",
-                human_bytes(c.provisioned_bytes),
-                c.overprovision_pct()
-            ),
-        ),
+        ("provisioned", format!("{} ({:.0}% of data)", human_bytes(c.provisioned_bytes), c.overprovision_pct())),
         ("allowed new", human_bytes(c.allowed_new_bytes)),
         ("volumes", r.volumes.to_string()),
         ("snapshots", r.snapshots.to_string()),
         ("deleting", r.deleting.to_string()),
-        (
-            "blocked because",
-            c.refusal.as_ref().map_or("-".to_owned(), |x| x.to_string()),
-        ),
+        ("blocked because", c.refusal.as_ref().map_or("-".to_owned(), |x| x.to_string())),
     ];
     for (k, v) in rows {
         t.row(vec![k.to_owned(), v]);
@@ -272,90 +255,44 @@ pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
             let list = engine(&args)?.list(Kind::Volume)?;
             print(out, &list, || records_table(&list))
         }
-        VolumesCommand::Create {
-            name,
-            size,
-            from_snapshot,
-            from_volume,
-            pool,
-        } => {
+        VolumesCommand::Create { name, size, from_snapshot, from_volume, pool } => {
             let size = parse_size(&size)?;
             let source = match (from_snapshot, from_volume) {
-                (Some(s), _) => Some(Source::Snapshot(
-                    crate::names::Name::new(&s).map_err(EngineError::from)?,
-                )),
-                (None, Some(v)) => Some(Source::Volume(
-                    crate::names::Name::new(&v).map_err(EngineError::from)?,
-                )),
+                (Some(s), _) => Some(Source::Snapshot(crate::names::Name::new(&s).map_err(EngineError::from)?)),
+                (None, Some(v)) => Some(Source::Volume(crate::names::Name::new(&v).map_err(EngineError::from)?)),
                 (None, None) => None,
             };
             let made = engine(&pool)?.create_volume(&name, size, source)?;
             print(out, &made, || {
-                let verb = if matches!(made, crate::engine::Made::Created(_)) {
-                    "created"
-                } else {
-                    "exists"
-                };
-                format!(
-                    "volume {name} {verb}\n{}",
-                    records_table(std::slice::from_ref(made.record()))
-                )
+                let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
+                format!("volume {name} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
             })
         }
         VolumesCommand::Delete { name, pool } => {
             let outcome = engine(&pool)?.delete(Kind::Volume, &name)?;
-            print(out, &outcome, || {
-                format!("volume {name}: {outcome:?}\n").to_lowercase()
-            })
+            print(out, &outcome, || format!("volume {name}: {outcome:?}\n").to_lowercase())
         }
         VolumesCommand::Expand { name, size, pool } => {
             let size = parse_size(&size)?;
             let r = engine(&pool)?.expand_volume(&name, size)?;
-            print(out, &r, || {
-                format!("volume {name} is now {}\n", human_bytes(r.size_bytes))
-            })
+            print(out, &r, || format!("volume {name} is now {}\n", human_bytes(r.size_bytes)))
         }
         VolumesCommand::Snapshot { name, volume, pool } => {
             let made = engine(&pool)?.create_snapshot(&name, &volume)?;
             print(out, &made, || {
-                let verb = if matches!(made, crate::engine::Made::Created(_)) {
-                    "created"
-                } else {
-                    "exists"
-                };
-                format!(
-                    "snapshot {name} of {volume} {verb}\n{}",
-                    records_table(std::slice::from_ref(made.record()))
-                )
+                let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
+                format!("snapshot {name} of {volume} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
             })
         }
-        VolumesCommand::Activate {
-            name,
-            snapshot,
-            pool,
-        } => {
-            let kind = if snapshot {
-                Kind::Snapshot
-            } else {
-                Kind::Volume
-            };
+        VolumesCommand::Activate { name, snapshot, pool } => {
+            let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
             let path = engine(&pool)?.activate(kind, &name)?;
             print(out, &path, || format!("{}\n", path.display()))
         }
-        VolumesCommand::Deactivate {
-            name,
-            snapshot,
-            pool,
-        } => {
-            let kind = if snapshot {
-                Kind::Snapshot
-            } else {
-                Kind::Volume
-            };
+        VolumesCommand::Deactivate { name, snapshot, pool } => {
+            let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
             engine(&pool)?.deactivate(kind, &name)?;
-            print(out, &"deactivated", || {
-                format!("{kind} {name} deactivated\n")
-            })
+            print(out, &"deactivated", || format!("{kind} {name} deactivated\n"))
         }
     }
 }
@@ -368,9 +305,7 @@ pub fn snapshots(cmd: SnapshotsCommand, out: OutputFormat) -> Result<(), CliErro
         }
         SnapshotsCommand::Delete { name, pool } => {
             let outcome = engine(&pool)?.delete(Kind::Snapshot, &name)?;
-            print(out, &outcome, || {
-                format!("snapshot {name}: {outcome:?}\n").to_lowercase()
-            })
+            print(out, &outcome, || format!("snapshot {name}: {outcome:?}\n").to_lowercase())
         }
     }
 }

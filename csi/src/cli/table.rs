@@ -7,10 +7,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Table {
-            header: header.iter().map(|s| s.to_string()).collect(),
-            rows: vec![],
-        }
+        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: vec![] }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -27,11 +24,7 @@ impl Table {
         }
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c:<w$}", w = width[i]))
-                .collect();
+            let line: Vec<String> = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = width[i])).collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
         }
@@ -46,9 +39,6 @@ mod tests {
         let mut t = super::Table::new(&["NAME", "SIZE"]);
         t.row(vec!["a-long-name".into(), "1 GiB".into()]);
         t.row(vec!["b".into(), "2 GiB".into()]);
-        assert_eq!(
-            t.render(),
-            "NAME         SIZE\na-long-name  1 GiB\nb            2 GiB\n"
-        );
+        assert_eq!(t.render(), "NAME         SIZE\na-long-name  1 GiB\nb            2 GiB\n");
     }
 }

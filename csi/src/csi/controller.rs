@@ -10,8 +10,7 @@ use tonic::{Request, Response, Status};
 use super::error::CsiError;
 use super::ids::ObjectId;
 use super::proto::{
-    self, controller_server::Controller, controller_service_capability as csc,
-    volume_content_source as vcs,
+    self, controller_server::Controller, controller_service_capability as csc, volume_content_source as vcs,
 };
 use super::validate::{self, AccessKind};
 use super::{observed, pagination, Driver, TOPOLOGY_KEY};
@@ -26,10 +25,7 @@ pub struct ControllerService<P: ThinPool, M: Mounter> {
 }
 
 fn timestamp(unix: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: i64::try_from(unix).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
+    prost_types::Timestamp { seconds: i64::try_from(unix).unwrap_or(i64::MAX), nanos: 0 }
 }
 
 fn bytes_i64(b: u64) -> i64 {
@@ -37,9 +33,7 @@ fn bytes_i64(b: u64) -> i64 {
 }
 
 /// The snapshot or volume a new volume starts from, and its node.
-fn content_source(
-    src: Option<&proto::VolumeContentSource>,
-) -> Result<Option<(Source, String)>, CsiError> {
+fn content_source(src: Option<&proto::VolumeContentSource>) -> Result<Option<(Source, String)>, CsiError> {
     let Some(t) = src.and_then(|s| s.r#type.as_ref()) else {
         return Ok(None);
     };
@@ -100,14 +94,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
     fn condition(&self) -> Result<proto::VolumeCondition, CsiError> {
         let cap = self.driver.engine.capacity()?;
         Ok(match cap.state {
-            PoolState::Rw => proto::VolumeCondition {
-                abnormal: false,
-                message: "pool is rw".into(),
-            },
-            s => proto::VolumeCondition {
-                abnormal: true,
-                message: format!("the node's thin pool is {s}"),
-            },
+            PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "pool is rw".into() },
+            s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
         })
     }
 }
@@ -139,13 +127,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                     fs = Some(f);
                 }
             }
-            let wants_mount = caps
-                .iter()
-                .any(|c| matches!(c.kind, AccessKind::Mount { .. }));
-            if !validate::topology_admits(
-                req.accessibility_requirements.as_ref(),
-                &self.driver.node_id,
-            ) {
+            let wants_mount = caps.iter().any(|c| matches!(c.kind, AccessKind::Mount { .. }));
+            if !validate::topology_admits(req.accessibility_requirements.as_ref(), &self.driver.node_id) {
                 return Err(CsiError::ResourceExhausted(format!(
                     "the requisite topology does not include this node ({TOPOLOGY_KEY}={})",
                     self.driver.node_id
@@ -164,51 +147,44 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let me = self.clone();
             let range = req.capacity_range;
             let content = req.volume_content_source.clone();
-            let record =
-                self.driver
-                    .blocking(move |d| {
-                        let block = d.engine.pool().info().block_bytes();
-                        let mut size = validate::size_from_range(range.as_ref(), block)?;
-                        let src = source.map(|(s, _)| s);
-                        if let Some(s) = &src {
-                            let (kind, n) = match s {
-                                Source::Snapshot(n) => (Kind::Snapshot, n),
-                                Source::Volume(n) => (Kind::Volume, n),
-                            };
-                            let from = d.engine.get(kind, n.as_str())?.ok_or_else(|| {
-                                CsiError::NotFound(format!("source {s} not found"))
-                            })?;
-                            let limit = range.map_or(0, |r| r.limit_bytes as u64);
-                            // A volume is at least as large as its source, when the range allows it.
-                            if from.size_bytes > size && (limit == 0 || from.size_bytes <= limit) {
-                                size = from.size_bytes;
-                            }
+            let record = self
+                .driver
+                .blocking(move |d| {
+                    let block = d.engine.pool().info().block_bytes();
+                    let mut size = validate::size_from_range(range.as_ref(), block)?;
+                    let src = source.map(|(s, _)| s);
+                    if let Some(s) = &src {
+                        let (kind, n) = match s {
+                            Source::Snapshot(n) => (Kind::Snapshot, n),
+                            Source::Volume(n) => (Kind::Volume, n),
+                        };
+                        let from = d
+                            .engine
+                            .get(kind, n.as_str())?
+                            .ok_or_else(|| CsiError::NotFound(format!("source {s} not found")))?;
+                        let limit = range.map_or(0, |r| r.limit_bytes as u64);
+                        // A volume is at least as large as its source, when the range allows it.
+                        if from.size_bytes > size && (limit == 0 || from.size_bytes <= limit) {
+                            size = from.size_bytes;
                         }
-                        if size < min_bytes {
-                            let limit = range.map_or(0, |r| r.limit_bytes as u64);
-                            if limit != 0 && limit < min_bytes {
-                                return Err(CsiError::OutOfRange(format!(
-                                    "the filesystem needs a volume of at least {min_bytes} bytes, above the limit {limit}"
-                                )));
-                            }
-                            size = min_bytes;
+                    }
+                    if size < min_bytes {
+                        let limit = range.map_or(0, |r| r.limit_bytes as u64);
+                        if limit != 0 && limit < min_bytes {
+                            return Err(CsiError::OutOfRange(format!(
+                                "the filesystem needs a volume of at least {min_bytes} bytes, above the limit {limit}"
+                            )));
                         }
-                        Ok(d.engine
-                            .create_volume(name.as_str(), size, src)?
-                            .record()
-                            .clone())
-                    })
-                    .await?;
+                        size = min_bytes;
+                    }
+                    Ok(d.engine.create_volume(name.as_str(), size, src)?.record().clone())
+                })
+                .await?;
             let mut context = HashMap::new();
             if wants_mount {
-                context.insert(
-                    "fsType".to_owned(),
-                    fs.unwrap_or(FsType::Ext4).as_str().to_owned(),
-                );
+                context.insert("fsType".to_owned(), fs.unwrap_or(FsType::Ext4).as_str().to_owned());
             }
-            Ok(proto::CreateVolumeResponse {
-                volume: Some(me.volume(&record, context, content)?),
-            })
+            Ok(proto::CreateVolumeResponse { volume: Some(me.volume(&record, context, content)?) })
         })
         .await
     }
@@ -221,9 +197,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         observed("DeleteVolume", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id, "volume")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
-            self.driver
-                .blocking(move |d| Ok(d.engine.delete(Kind::Volume, name.as_str())?))
-                .await?;
+            self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Volume, name.as_str())?)).await?;
             Ok(proto::DeleteVolumeResponse {})
         })
         .await
@@ -244,8 +218,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         _req: Request<proto::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<proto::ControllerUnpublishVolumeResponse>, Status> {
         Err(CsiError::Unimplemented(
-            "volumes are node-local; there is no controller unpublish (attachRequired: false)"
-                .into(),
+            "volumes are node-local; there is no controller unpublish (attachRequired: false)".into(),
         )
         .into())
     }
@@ -255,46 +228,31 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<proto::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = req.into_inner();
-        observed(
-            "ValidateVolumeCapabilities",
-            &req.volume_id.clone(),
-            async {
-                let name = self.local(&req.volume_id, "volume")?;
-                if req.volume_capabilities.is_empty() {
-                    return Err(CsiError::invalid("volume_capabilities is empty"));
-                }
-                let exists = self
-                    .driver
-                    .blocking(move |d| Ok(d.engine.get(Kind::Volume, name.as_str())?.is_some()))
-                    .await?;
-                if !exists {
-                    return Err(CsiError::NotFound(format!(
-                        "volume {} not found",
-                        req.volume_id
-                    )));
-                }
-                if let Err(e) = validate::fs_param(&req.parameters) {
-                    return Ok(proto::ValidateVolumeCapabilitiesResponse {
-                        confirmed: None,
-                        message: e.to_string(),
-                    });
-                }
-                Ok(match validate::capabilities(&req.volume_capabilities) {
-                    Err(e) => proto::ValidateVolumeCapabilitiesResponse {
-                        confirmed: None,
-                        message: e.to_string(),
-                    },
-                    Ok(_) => proto::ValidateVolumeCapabilitiesResponse {
-                        confirmed: Some(proto::validate_volume_capabilities_response::Confirmed {
-                            volume_context: req.volume_context,
-                            volume_capabilities: req.volume_capabilities,
-                            parameters: req.parameters,
-                        }),
-                        message: String::new(),
-                    },
-                })
-            },
-        )
+        observed("ValidateVolumeCapabilities", &req.volume_id.clone(), async {
+            let name = self.local(&req.volume_id, "volume")?;
+            if req.volume_capabilities.is_empty() {
+                return Err(CsiError::invalid("volume_capabilities is empty"));
+            }
+            let exists =
+                self.driver.blocking(move |d| Ok(d.engine.get(Kind::Volume, name.as_str())?.is_some())).await?;
+            if !exists {
+                return Err(CsiError::NotFound(format!("volume {} not found", req.volume_id)));
+            }
+            if let Err(e) = validate::fs_param(&req.parameters) {
+                return Ok(proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() });
+            }
+            Ok(match validate::capabilities(&req.volume_capabilities) {
+                Err(e) => proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() },
+                Ok(_) => proto::ValidateVolumeCapabilitiesResponse {
+                    confirmed: Some(proto::validate_volume_capabilities_response::Confirmed {
+                        volume_context: req.volume_context,
+                        volume_capabilities: req.volume_capabilities,
+                        parameters: req.parameters,
+                    }),
+                    message: String::new(),
+                },
+            })
+        })
         .await
     }
 
@@ -304,10 +262,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::ListVolumesResponse>, Status> {
         let req = req.into_inner();
         observed("ListVolumes", "", async {
-            let records = self
-                .driver
-                .blocking(|d| Ok(d.engine.list(Kind::Volume)?))
-                .await?;
+            let records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Volume)?)).await?;
             let condition = self.driver.blocking({
                 let me = self.clone();
                 move |_| me.condition()
@@ -324,23 +279,12 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                 });
             }
             let key = |e: &proto::list_volumes_response::Entry| {
-                e.volume
-                    .as_ref()
-                    .map_or("", |v| v.volume_id.as_str())
-                    .to_owned()
+                e.volume.as_ref().map_or("", |v| v.volume_id.as_str()).to_owned()
             };
             let keyed: Vec<(String, proto::list_volumes_response::Entry)> =
                 entries.into_iter().map(|e| (key(&e), e)).collect();
-            let (page, next) = pagination::page(
-                keyed,
-                |(k, _)| k.as_str(),
-                &req.starting_token,
-                req.max_entries,
-            )?;
-            Ok(proto::ListVolumesResponse {
-                entries: page.into_iter().map(|(_, e)| e).collect(),
-                next_token: next,
-            })
+            let (page, next) = pagination::page(keyed, |(k, _)| k.as_str(), &req.starting_token, req.max_entries)?;
+            Ok(proto::ListVolumesResponse { entries: page.into_iter().map(|(_, e)| e).collect(), next_token: next })
         })
         .await
     }
@@ -362,11 +306,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                     return Ok(zero);
                 }
             }
-            if req
-                .volume_capabilities
-                .iter()
-                .any(|c| validate::capability(c).is_err())
-            {
+            if req.volume_capabilities.iter().any(|c| validate::capability(c).is_err()) {
                 return Ok(zero);
             }
             let cap = self.driver.blocking(|d| Ok(d.engine.capacity()?)).await?;
@@ -427,16 +367,9 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let _guard = self.driver.in_flight.claim(name.as_str())?;
             let record = self
                 .driver
-                .blocking(move |d| {
-                    Ok(d.engine
-                        .create_snapshot(name.as_str(), source.as_str())?
-                        .record()
-                        .clone())
-                })
+                .blocking(move |d| Ok(d.engine.create_snapshot(name.as_str(), source.as_str())?.record().clone()))
                 .await?;
-            Ok(proto::CreateSnapshotResponse {
-                snapshot: Some(self.snapshot(&record)?),
-            })
+            Ok(proto::CreateSnapshotResponse { snapshot: Some(self.snapshot(&record)?) })
         })
         .await
     }
@@ -449,9 +382,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         observed("DeleteSnapshot", &req.snapshot_id.clone(), async {
             let name = self.local(&req.snapshot_id, "snapshot")?;
             let _guard = self.driver.in_flight.claim(&req.snapshot_id)?;
-            self.driver
-                .blocking(move |d| Ok(d.engine.delete(Kind::Snapshot, name.as_str())?))
-                .await?;
+            self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Snapshot, name.as_str())?)).await?;
             Ok(proto::DeleteSnapshotResponse {})
         })
         .await
@@ -463,44 +394,23 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
         let req = req.into_inner();
         observed("ListSnapshots", &req.source_volume_id.clone(), async {
-            let mut records = self
-                .driver
-                .blocking(|d| Ok(d.engine.list(Kind::Snapshot)?))
-                .await?;
+            let mut records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Snapshot)?)).await?;
             if !req.snapshot_id.is_empty() {
                 // An id that is not ours, or unknown, lists nothing.
-                let want = ObjectId::parse(&req.snapshot_id)
-                    .ok()
-                    .filter(|id| id.node == self.driver.node_id);
+                let want = ObjectId::parse(&req.snapshot_id).ok().filter(|id| id.node == self.driver.node_id);
                 records.retain(|r| want.as_ref().is_some_and(|w| w.name == r.name));
             }
             if !req.source_volume_id.is_empty() {
-                let want = ObjectId::parse(&req.source_volume_id)
-                    .ok()
-                    .filter(|id| id.node == self.driver.node_id);
-                records.retain(|r| {
-                    want.as_ref()
-                        .is_some_and(|w| r.source == Some(Source::Volume(w.name.clone())))
-                });
+                let want = ObjectId::parse(&req.source_volume_id).ok().filter(|id| id.node == self.driver.node_id);
+                records.retain(|r| want.as_ref().is_some_and(|w| r.source == Some(Source::Volume(w.name.clone()))));
             }
             let mut keyed = Vec::new();
             for r in &records {
                 let s = self.snapshot(r)?;
-                keyed.push((
-                    s.snapshot_id.clone(),
-                    proto::list_snapshots_response::Entry { snapshot: Some(s) },
-                ));
+                keyed.push((s.snapshot_id.clone(), proto::list_snapshots_response::Entry { snapshot: Some(s) }));
             }
-            let (page, next) = pagination::page(
-                keyed,
-                |(k, _)| k.as_str(),
-                &req.starting_token,
-                req.max_entries,
-            )?;
-            Ok(proto::ListSnapshotsResponse {
-                entries: page.into_iter().map(|(_, e)| e).collect(),
-                next_token: next,
-            })
+            let (page, next) = pagination::page(keyed, |(k, _)| k.as_str(), &req.starting_token, req.max_entries)?;
+            Ok(proto::ListSnapshotsResponse { entries: page.into_iter().map(|(_, e)| e).collect(), next_token: next })
         })
         .await
     }
@@ -510,7 +420,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         _req: Request<proto::ControllerExpandVolumeRequest>,
     ) -> Result<Response<proto::ControllerExpandVolumeResponse>, Status> {
         Err(CsiError::Unimplemented(
-            "expansion happens on the node (NodeExpandVolume): the pool is node-local and the resizer runs elsewhere".into(),
+            "expansion happens on the node (NodeExpandVolume): the pool is node-local and the resizer runs elsewhere"
+                .into(),
         )
         .into())
     }
@@ -530,8 +441,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                     Ok((r, me.condition()?))
                 })
                 .await?;
-            let record = record
-                .ok_or_else(|| CsiError::NotFound(format!("volume {} not found", req.volume_id)))?;
+            let record = record.ok_or_else(|| CsiError::NotFound(format!("volume {} not found", req.volume_id)))?;
             Ok(proto::ControllerGetVolumeResponse {
                 volume: Some(self.volume(&record, HashMap::new(), None)?),
                 status: Some(proto::controller_get_volume_response::VolumeStatus {

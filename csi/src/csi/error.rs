@@ -97,9 +97,7 @@ impl From<MountError> for CsiError {
         let msg = chain(&e);
         match e {
             MountError::WrongFilesystem { .. } => CsiError::FailedPrecondition(msg),
-            MountError::Sys { .. } | MountError::Io { .. } | MountError::Tool(_) => {
-                CsiError::Internal(msg)
-            }
+            MountError::Sys { .. } | MountError::Io { .. } | MountError::Tool(_) => CsiError::Internal(msg),
         }
     }
 }
@@ -133,106 +131,43 @@ mod tests {
     #[test]
     fn every_engine_error_has_its_code() {
         let cases: Vec<(EngineError, Code)> = vec![
+            (EngineError::InvalidName(NameError::Empty), Code::InvalidArgument),
+            (EngineError::InvalidSize { bytes: 1, reason: "x".into() }, Code::OutOfRange),
+            (EngineError::NotFound { kind: Kind::Volume, name: name() }, Code::NotFound),
             (
-                EngineError::InvalidName(NameError::Empty),
-                Code::InvalidArgument,
-            ),
-            (
-                EngineError::InvalidSize {
-                    bytes: 1,
-                    reason: "x".into(),
-                },
-                Code::OutOfRange,
-            ),
-            (
-                EngineError::NotFound {
-                    kind: Kind::Volume,
-                    name: name(),
-                },
-                Code::NotFound,
-            ),
-            (
-                EngineError::AlreadyExists {
-                    kind: Kind::Snapshot,
-                    name: name(),
-                    reason: "x".into(),
-                },
+                EngineError::AlreadyExists { kind: Kind::Snapshot, name: name(), reason: "x".into() },
                 Code::AlreadyExists,
             ),
-            (
-                EngineError::ResourceExhausted(Refusal::NeedsCheck),
-                Code::ResourceExhausted,
-            ),
-            (
-                EngineError::ResourceExhausted(Refusal::Budget {
-                    requested: 2,
-                    allowed: 1,
-                }),
-                Code::ResourceExhausted,
-            ),
-            (
-                EngineError::Busy {
-                    kind: Kind::Volume,
-                    name: name(),
-                },
-                Code::FailedPrecondition,
-            ),
-            (
-                EngineError::ForeignPool("x".into()),
-                Code::FailedPrecondition,
-            ),
+            (EngineError::ResourceExhausted(Refusal::NeedsCheck), Code::ResourceExhausted),
+            (EngineError::ResourceExhausted(Refusal::Budget { requested: 2, allowed: 1 }), Code::ResourceExhausted),
+            (EngineError::Busy { kind: Kind::Volume, name: name() }, Code::FailedPrecondition),
+            (EngineError::ForeignPool("x".into()), Code::FailedPrecondition),
             (EngineError::Inconsistent("x".into()), Code::Internal),
-            (
-                EngineError::Dm(DmError::Busy(ThinId::new(1).unwrap())),
-                Code::FailedPrecondition,
-            ),
-            (
-                EngineError::Dm(DmError::Kernel {
-                    op: "x".into(),
-                    errno: Errno::EIO,
-                }),
-                Code::Internal,
-            ),
-            (
-                EngineError::Store(StoreError::Locked { path: "/x".into() }),
-                Code::Unavailable,
-            ),
+            (EngineError::Dm(DmError::Busy(ThinId::new(1).unwrap())), Code::FailedPrecondition),
+            (EngineError::Dm(DmError::Kernel { op: "x".into(), errno: Errno::EIO }), Code::Internal),
+            (EngineError::Store(StoreError::Locked { path: "/x".into() }), Code::Unavailable),
             (EngineError::Store(StoreError::IdsExhausted), Code::Internal),
         ];
         for (e, code) in cases {
             let text = e.to_string();
             let status: Status = CsiError::from(e).into();
             assert_eq!(status.code(), code, "{text}");
-            assert!(
-                status.message().contains(&text),
-                "message keeps the cause: {}",
-                status.message()
-            );
+            assert!(status.message().contains(&text), "message keeps the cause: {}", status.message());
         }
     }
 
     #[test]
     fn mount_and_id_errors_have_their_codes() {
-        let wrong = MountError::WrongFilesystem {
-            device: "/dev/x".into(),
-            found: "xfs".into(),
-            wanted: "ext4".into(),
-        };
+        let wrong = MountError::WrongFilesystem { device: "/dev/x".into(), found: "xfs".into(), wanted: "ext4".into() };
         assert_eq!(CsiError::from(wrong).code(), Code::FailedPrecondition);
-        let io = MountError::Io {
-            what: "x".into(),
-            source: std::io::Error::other("boom"),
-        };
+        let io = MountError::Io { what: "x".into(), source: std::io::Error::other("boom") };
         assert_eq!(CsiError::from(io).code(), Code::Internal);
         assert_eq!(CsiError::from(IdError::Empty).code(), Code::InvalidArgument);
     }
 
     #[test]
     fn messages_carry_the_source_chain_once() {
-        let e = EngineError::Dm(DmError::Io {
-            what: "opening x".into(),
-            source: std::io::Error::other("denied"),
-        });
+        let e = EngineError::Dm(DmError::Io { what: "opening x".into(), source: std::io::Error::other("denied") });
         let s: Status = CsiError::from(e).into();
         assert_eq!(s.message(), "opening x: denied");
     }

@@ -24,23 +24,15 @@ impl InFlight {
     pub fn claim(&self, key: &str) -> Result<Guard, CsiError> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if !keys.insert(key.to_owned()) {
-            return Err(CsiError::Aborted(format!(
-                "an operation on {key} is already in progress"
-            )));
+            return Err(CsiError::Aborted(format!("an operation on {key} is already in progress")));
         }
-        Ok(Guard {
-            keys: self.keys.clone(),
-            key: key.to_owned(),
-        })
+        Ok(Guard { keys: self.keys.clone(), key: key.to_owned() })
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 

@@ -18,9 +18,7 @@ pub struct IdentityService<P: ThinPool, M: Mounter> {
 
 fn service(t: plugin_capability::service::Type) -> proto::PluginCapability {
     proto::PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(
-            plugin_capability::Service { r#type: t as i32 },
-        )),
+        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service { r#type: t as i32 })),
     }
 }
 
@@ -51,11 +49,9 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
                     service(S::ControllerService),
                     service(S::VolumeAccessibilityConstraints),
                     proto::PluginCapability {
-                        r#type: Some(plugin_capability::Type::VolumeExpansion(
-                            plugin_capability::VolumeExpansion {
-                                r#type: plugin_capability::volume_expansion::Type::Online as i32,
-                            },
-                        )),
+                        r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
+                            r#type: plugin_capability::volume_expansion::Type::Online as i32,
+                        })),
                     },
                 ],
             })
@@ -63,17 +59,11 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
         .await
     }
 
-    async fn probe(
-        &self,
-        _req: Request<proto::ProbeRequest>,
-    ) -> Result<Response<proto::ProbeResponse>, Status> {
+    async fn probe(&self, _req: Request<proto::ProbeRequest>) -> Result<Response<proto::ProbeResponse>, Status> {
         observed("Probe", "", async {
             let cap = self.driver.blocking(|d| Ok(d.engine.capacity()?)).await?;
             if cap.state != PoolState::Rw {
-                return Err(CsiError::FailedPrecondition(format!(
-                    "the pool is {}, not rw",
-                    cap.state
-                )));
+                return Err(CsiError::FailedPrecondition(format!("the pool is {}, not rw", cap.state)));
             }
             Ok(proto::ProbeResponse { ready: Some(true) })
         })

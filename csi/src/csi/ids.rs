@@ -33,8 +33,7 @@ pub enum IdError {
 pub fn valid_node_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !n.starts_with(['-', '.'])
         && !n.contains("..")
 }
@@ -47,20 +46,12 @@ impl ObjectId {
         if id.len() > MAX_ID_LEN {
             return Err(IdError::TooLong(id.len()));
         }
-        let (name, node) = id
-            .split_once('@')
-            .ok_or_else(|| IdError::Malformed(id.to_owned()))?;
+        let (name, node) = id.split_once('@').ok_or_else(|| IdError::Malformed(id.to_owned()))?;
         if !valid_node_name(node) {
             return Err(IdError::Malformed(id.to_owned()));
         }
-        let name = Name::new(name).map_err(|source| IdError::Name {
-            id: id.to_owned(),
-            source,
-        })?;
-        Ok(ObjectId {
-            name,
-            node: node.to_owned(),
-        })
+        let name = Name::new(name).map_err(|source| IdError::Name { id: id.to_owned(), source })?;
+        Ok(ObjectId { name, node: node.to_owned() })
     }
 
     /// The id for `name` on `node`, or an error when it would be too long.
@@ -82,50 +73,20 @@ mod tests {
         let n = Name::new("pvc-0f1e2d3c").unwrap();
         let id = ObjectId::format(&n, "worker-1.example").unwrap();
         assert_eq!(id, "pvc-0f1e2d3c@worker-1.example");
-        assert_eq!(
-            ObjectId::parse(&id).unwrap(),
-            ObjectId {
-                name: n,
-                node: "worker-1.example".into()
-            }
-        );
+        assert_eq!(ObjectId::parse(&id).unwrap(), ObjectId { name: n, node: "worker-1.example".into() });
     }
 
     #[test]
     fn bad_ids_are_refused() {
         assert_eq!(ObjectId::parse(""), Err(IdError::Empty));
-        assert!(matches!(
-            ObjectId::parse(&format!("{}@n", "x".repeat(130))),
-            Err(IdError::TooLong(_))
-        ));
-        assert!(matches!(
-            ObjectId::parse("no-node"),
-            Err(IdError::Malformed(_))
-        ));
-        assert!(matches!(
-            ObjectId::parse("a/b@node"),
-            Err(IdError::Name { .. })
-        ));
-        assert!(matches!(
-            ObjectId::parse("..@node"),
-            Err(IdError::Name { .. })
-        ));
-        assert!(matches!(
-            ObjectId::parse("a@../etc"),
-            Err(IdError::Malformed(_))
-        ));
-        assert!(matches!(
-            ObjectId::parse("a@Node"),
-            Err(IdError::Malformed(_))
-        ));
-        assert!(matches!(
-            ObjectId::parse("a@b@c"),
-            Err(IdError::Malformed(_))
-        ));
-        assert!(matches!(
-            ObjectId::parse("a\0@node"),
-            Err(IdError::Name { .. })
-        ));
+        assert!(matches!(ObjectId::parse(&format!("{}@n", "x".repeat(130))), Err(IdError::TooLong(_))));
+        assert!(matches!(ObjectId::parse("no-node"), Err(IdError::Malformed(_))));
+        assert!(matches!(ObjectId::parse("a/b@node"), Err(IdError::Name { .. })));
+        assert!(matches!(ObjectId::parse("..@node"), Err(IdError::Name { .. })));
+        assert!(matches!(ObjectId::parse("a@../etc"), Err(IdError::Malformed(_))));
+        assert!(matches!(ObjectId::parse("a@Node"), Err(IdError::Malformed(_))));
+        assert!(matches!(ObjectId::parse("a@b@c"), Err(IdError::Malformed(_))));
+        assert!(matches!(ObjectId::parse("a\0@node"), Err(IdError::Name { .. })));
         assert!(ObjectId::format(&Name::new(&"x".repeat(128)).unwrap(), "n").is_err());
     }
 }

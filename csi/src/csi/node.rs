@@ -52,15 +52,12 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> NodeService<P, M> {
         context: &std::collections::HashMap<String, String>,
     ) -> Result<Target, CsiError> {
         let name = self.local(volume_id)?;
-        let access = validate::capability(
-            cap.ok_or_else(|| CsiError::invalid("volume_capability is missing"))?,
-        )?;
+        let access = validate::capability(cap.ok_or_else(|| CsiError::invalid("volume_capability is missing"))?)?;
         let fs = match &access.kind {
             AccessKind::Mount { fs: Some(f), .. } => *f,
             _ => match context.get("fsType") {
-                Some(f) => FsType::parse(f).ok_or_else(|| {
-                    CsiError::invalid(format!("volume_context fsType {f:?}: use ext4 or xfs"))
-                })?,
+                Some(f) => FsType::parse(f)
+                    .ok_or_else(|| CsiError::invalid(format!("volume_context fsType {f:?}: use ext4 or xfs")))?,
                 None => FsType::Ext4,
             },
         };
@@ -73,11 +70,9 @@ fn ensure_filesystem(m: &dyn Mounter, dev: &Path, fs: FsType) -> Result<(), Moun
     match m.signature(dev)? {
         None => m.format(dev, fs),
         Some(found) if found == fs.as_str() => Ok(()),
-        Some(found) => Err(MountError::WrongFilesystem {
-            device: dev.display().to_string(),
-            found,
-            wanted: fs.as_str().into(),
-        }),
+        Some(found) => {
+            Err(MountError::WrongFilesystem { device: dev.display().to_string(), found, wanted: fs.as_str().into() })
+        }
     }
 }
 
@@ -96,11 +91,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
         observed("NodeStageVolume", &req.volume_id.clone(), async {
-            let t = self.target(
-                &req.volume_id,
-                req.volume_capability.as_ref(),
-                &req.volume_context,
-            )?;
+            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             self.driver
@@ -123,12 +114,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                     }
                     m.make_dir(&staging)?;
                     ensure_filesystem(m, &dev, t.fs)?;
-                    m.mount(
-                        &dev,
-                        &staging,
-                        t.fs,
-                        &mount_options(t.fs, flags, t.access.read_only),
-                    )?;
+                    m.mount(&dev, &staging, t.fs, &mount_options(t.fs, flags, t.access.read_only))?;
                     if !t.access.read_only {
                         // A restore or clone larger than its source: grow the filesystem to the device.
                         m.grow(&dev, &staging, t.fs)?;
@@ -167,11 +153,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
         observed("NodePublishVolume", &req.volume_id.clone(), async {
-            let t = self.target(
-                &req.volume_id,
-                req.volume_capability.as_ref(),
-                &req.volume_context,
-            )?;
+            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let target = self.path(&req.target_path, "target_path")?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let read_only = req.readonly || t.access.read_only;
@@ -186,11 +168,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                         return Err(CsiError::AlreadyExists(format!(
                             "{} is already published {}",
                             target.display(),
-                            if mounted.read_only {
-                                "read-only"
-                            } else {
-                                "read-write"
-                            }
+                            if mounted.read_only { "read-only" } else { "read-write" }
                         )));
                     }
                     match t.access.kind {
@@ -257,21 +235,12 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                         .ok_or_else(|| CsiError::NotFound(format!("volume {name} not found")))?;
                     let m = d.mounter.as_ref();
                     if !m.exists(&path) && m.mounted(&path)?.is_none() {
-                        return Err(CsiError::NotFound(format!(
-                            "volume path {} does not exist",
-                            path.display()
-                        )));
+                        return Err(CsiError::NotFound(format!("volume path {} does not exist", path.display())));
                     }
                     let pool = d.engine.capacity()?.state;
                     let mut condition = match pool {
-                        PoolState::Rw => proto::VolumeCondition {
-                            abnormal: false,
-                            message: "healthy".into(),
-                        },
-                        s => proto::VolumeCondition {
-                            abnormal: true,
-                            message: format!("the node's thin pool is {s}"),
-                        },
+                        PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "healthy".into() },
+                        s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
                     };
                     let usage = match m.mounted(&path)? {
                         None => {
@@ -306,10 +275,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                             unit: Unit::Bytes as i32,
                         }],
                     };
-                    Ok(proto::NodeGetVolumeStatsResponse {
-                        usage,
-                        volume_condition: Some(condition),
-                    })
+                    Ok(proto::NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) })
                 })
                 .await
         })
@@ -353,9 +319,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                     Ok(record.size_bytes)
                 })
                 .await?;
-            Ok(proto::NodeExpandVolumeResponse {
-                capacity_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-            })
+            Ok(proto::NodeExpandVolumeResponse { capacity_bytes: i64::try_from(size).unwrap_or(i64::MAX) })
         })
         .await
     }

@@ -15,9 +15,7 @@ pub fn page<T>(
     max_entries: i32,
 ) -> Result<(Vec<T>, String), CsiError> {
     if max_entries < 0 {
-        return Err(CsiError::invalid(format!(
-            "max_entries {max_entries} is negative"
-        )));
+        return Err(CsiError::invalid(format!("max_entries {max_entries} is negative")));
     }
     items.sort_by(|a, b| key(a).cmp(key(b)));
     let start = if token.is_empty() {
@@ -26,19 +24,11 @@ pub fn page<T>(
         let after = token
             .strip_prefix(PREFIX)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                CsiError::Aborted(format!(
-                    "starting_token {token:?} was not handed out by this driver"
-                ))
-            })?;
+            .ok_or_else(|| CsiError::Aborted(format!("starting_token {token:?} was not handed out by this driver")))?;
         items.partition_point(|i| key(i) <= after)
     };
     let rest: Vec<T> = items.into_iter().skip(start).collect();
-    let n = if max_entries == 0 {
-        rest.len()
-    } else {
-        (max_entries as usize).min(rest.len())
-    };
+    let n = if max_entries == 0 { rest.len() } else { (max_entries as usize).min(rest.len()) };
     let more = rest.len() > n;
     let page: Vec<T> = rest.into_iter().take(n).collect();
     let next = match (more, page.last()) {
@@ -86,18 +76,9 @@ mod tests {
 
     #[test]
     fn bad_tokens_and_sizes() {
-        assert!(matches!(
-            page(names(3), |s| s.as_str(), "garbage", 1),
-            Err(CsiError::Aborted(_))
-        ));
-        assert!(matches!(
-            page(names(3), |s| s.as_str(), "after:", 1),
-            Err(CsiError::Aborted(_))
-        ));
-        assert!(matches!(
-            page(names(3), |s| s.as_str(), "", -1),
-            Err(CsiError::InvalidArgument(_))
-        ));
+        assert!(matches!(page(names(3), |s| s.as_str(), "garbage", 1), Err(CsiError::Aborted(_))));
+        assert!(matches!(page(names(3), |s| s.as_str(), "after:", 1), Err(CsiError::Aborted(_))));
+        assert!(matches!(page(names(3), |s| s.as_str(), "", -1), Err(CsiError::InvalidArgument(_))));
         let (p, next) = page(names(3), |s| s.as_str(), "after:zzz", 1).unwrap();
         assert!(p.is_empty() && next.is_empty());
     }

@@ -14,9 +14,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use super::controller::ControllerService;
 use super::identity::IdentityService;
 use super::node::NodeService;
-use super::proto::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
-};
+use super::proto::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
 use super::Driver;
 use crate::config::PoolArgs;
 use crate::dm::ThinPool;
@@ -49,9 +47,7 @@ pub struct NodeArgs {
 pub enum ServeError {
     #[error("--endpoint {0:?} must be unix:///absolute/path")]
     Endpoint(String),
-    #[error(
-        "--node-id {0:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.')"
-    )]
+    #[error("--node-id {0:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.')")]
     NodeId(String),
     #[error("--kubelet-dir {0:?} must be an absolute path")]
     KubeletDir(PathBuf),
@@ -83,20 +79,10 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
 
 /// Binds the socket: removes a stale socket (never another kind of file), makes it private.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
-    let io = |what, source| ServeError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    };
+    let io = |what, source| ServeError::Io { what, path: path.to_owned(), source };
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|e| io("removing stale socket", e))?
-        }
-        Ok(_) => {
-            return Err(ServeError::NotASocket {
-                path: path.to_owned(),
-            })
-        }
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(|e| io("removing stale socket", e))?,
+        Ok(_) => return Err(ServeError::NotASocket { path: path.to_owned() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting", e)),
     }
@@ -104,8 +90,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::create_dir_all(dir).map_err(|e| io("creating the socket directory", e))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("making private", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io("making private", e))?;
     Ok(listener)
 }
 
@@ -116,12 +101,8 @@ pub async fn serve<P: ThinPool + 'static, M: Mounter + 'static>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(IdentityService {
-            driver: driver.clone(),
-        }))
-        .add_service(ControllerServer::new(Arc::new(ControllerService {
-            driver: driver.clone(),
-        })))
+        .add_service(IdentityServer::new(IdentityService { driver: driver.clone() }))
+        .add_service(ControllerServer::new(Arc::new(ControllerService { driver: driver.clone() })))
         .add_service(NodeServer::new(Arc::new(NodeService { driver })))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
@@ -153,10 +134,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let (engine, report) = crate::open::open_engine(&config)?;
     tracing::info!(?report, node = %args.node_id, "pool open and recovered");
     let engine = Arc::new(engine);
-    let _retrier = DeferredRetrier::start(
-        engine.clone(),
-        Duration::from_secs(args.deferred_delete_interval.max(1)),
-    )?;
+    let _retrier = DeferredRetrier::start(engine.clone(), Duration::from_secs(args.deferred_delete_interval.max(1)))?;
     let driver = Arc::new(Driver {
         engine,
         mounter: Arc::new(LinuxMounter),
@@ -165,9 +143,7 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         max_volumes_per_node: args.max_volumes_per_node,
         in_flight: Default::default(),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = bind(&socket)?;
         tracing::info!(socket = %socket.display(), "serving CSI");
@@ -182,14 +158,8 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            socket_path("unix:///csi/csi.sock").unwrap(),
-            PathBuf::from("/csi/csi.sock")
-        );
-        assert_eq!(
-            socket_path("unix:/csi/csi.sock").unwrap(),
-            PathBuf::from("/csi/csi.sock")
-        );
+        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
+        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
         assert!(socket_path("tcp://1.2.3.4:5").is_err());
         assert!(socket_path("unix://relative.sock").is_err());
         assert!(socket_path("unix:///").is_err());

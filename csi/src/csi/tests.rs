@@ -9,12 +9,8 @@ use tonic::{Code, Request};
 use super::controller::ControllerService;
 use super::identity::IdentityService;
 use super::node::NodeService;
-use super::proto::volume_capability::{
-    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
-};
-use super::proto::{
-    self, controller_server::Controller, identity_server::Identity, node_server::Node,
-};
+use super::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
+use super::proto::{self, controller_server::Controller, identity_server::Identity, node_server::Node};
 use super::{validate, Driver, TOPOLOGY_KEY};
 use crate::config::Limits;
 use crate::dm::memory::MemoryPool;
@@ -40,17 +36,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let limits = Limits {
-        overprovision_ratio: 2.0,
-        data_fill_limit_pct: 90.0,
-        meta_fill_limit_pct: 80.0,
-    };
-    let (engine, _) = Engine::open(
-        MemoryPool::new(10 << 30),
-        Store::open(dir.path()).unwrap(),
-        limits,
-    )
-    .unwrap();
+    let limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
+    let (engine, _) = Engine::open(MemoryPool::new(10 << 30), Store::open(dir.path()).unwrap(), limits).unwrap();
     let driver = Arc::new(Driver {
         engine: Arc::new(engine),
         mounter: Arc::new(MemoryMounter::default()),
@@ -60,15 +47,9 @@ fn fixture() -> Fixture {
         in_flight: Default::default(),
     });
     Fixture {
-        identity: IdentityService {
-            driver: driver.clone(),
-        },
-        ctl: Arc::new(ControllerService {
-            driver: driver.clone(),
-        }),
-        node: Arc::new(NodeService {
-            driver: driver.clone(),
-        }),
+        identity: IdentityService { driver: driver.clone() },
+        ctl: Arc::new(ControllerService { driver: driver.clone() }),
+        node: Arc::new(NodeService { driver: driver.clone() }),
         driver,
         _dir: dir,
     }
@@ -76,21 +57,14 @@ fn fixture() -> Fixture {
 
 fn mount_cap(fs: &str) -> proto::VolumeCapability {
     proto::VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
-        access_type: Some(AccessType::Mount(MountVolume {
-            fs_type: fs.into(),
-            mount_flags: vec![],
-        })),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
     }
 }
 
 fn block_cap() -> proto::VolumeCapability {
     proto::VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     }
 }
@@ -98,10 +72,7 @@ fn block_cap() -> proto::VolumeCapability {
 fn create_req(name: &str, bytes: i64) -> proto::CreateVolumeRequest {
     proto::CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(proto::CapacityRange {
-            required_bytes: bytes,
-            limit_bytes: 0,
-        }),
+        capacity_range: Some(proto::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
         volume_capabilities: vec![mount_cap("ext4")],
         ..Default::default()
     }
@@ -112,69 +83,32 @@ fn id(name: &str) -> String {
 }
 
 impl Fixture {
-    async fn create(
-        &self,
-        req: proto::CreateVolumeRequest,
-    ) -> Result<proto::Volume, tonic::Status> {
-        Ok(self
-            .ctl
-            .create_volume(Request::new(req))
-            .await?
-            .into_inner()
-            .volume
-            .unwrap())
+    async fn create(&self, req: proto::CreateVolumeRequest) -> Result<proto::Volume, tonic::Status> {
+        Ok(self.ctl.create_volume(Request::new(req)).await?.into_inner().volume.unwrap())
     }
 
     async fn capacity(&self) -> i64 {
-        self.ctl
-            .get_capacity(Request::new(Default::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .available_capacity
+        self.ctl.get_capacity(Request::new(Default::default())).await.unwrap().into_inner().available_capacity
     }
 
     fn state(&self) -> (u64, Vec<crate::store::Record>, usize) {
         let e = &self.driver.engine;
-        (
-            e.pool().message_count(),
-            e.list(crate::store::Kind::Volume).unwrap(),
-            self.driver.mounter.mount_count(),
-        )
+        (e.pool().message_count(), e.list(crate::store::Kind::Volume).unwrap(), self.driver.mounter.mount_count())
     }
 }
 
 #[tokio::test]
 async fn identity() {
     let f = fixture();
-    let info = f
-        .identity
-        .get_plugin_info(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let info = f.identity.get_plugin_info(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(info.name, "thinpool.csi.io");
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
-    let caps = f
-        .identity
-        .get_plugin_capabilities(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = f.identity.get_plugin_capabilities(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(caps.capabilities.len(), 3);
-    let probe = f
-        .identity
-        .probe(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let probe = f.identity.probe(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
     f.driver.engine.pool().set_mode(PoolMode::Ro);
-    let err = f
-        .identity
-        .probe(Request::new(Default::default()))
-        .await
-        .unwrap_err();
+    let err = f.identity.probe(Request::new(Default::default())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -185,30 +119,18 @@ async fn create_volume_is_idempotent_and_carries_topology() {
     assert_eq!(v.volume_id, id("pvc-1"));
     assert_eq!(v.capacity_bytes, GIB);
     assert_eq!(v.accessible_topology, vec![validate::this_node(NODE)]);
-    assert_eq!(
-        v.volume_context.get("fsType").map(String::as_str),
-        Some("ext4")
-    );
+    assert_eq!(v.volume_context.get("fsType").map(String::as_str), Some("ext4"));
     assert_eq!(f.create(create_req("pvc-1", GIB)).await.unwrap(), v);
     let err = f.create(create_req("pvc-1", 2 * GIB)).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     // Rounded up to the pool's 64 KiB block.
-    assert_eq!(
-        f.create(create_req("pvc-2", 1000))
-            .await
-            .unwrap()
-            .capacity_bytes,
-        64 << 10
-    );
+    assert_eq!(f.create(create_req("pvc-2", 1000)).await.unwrap().capacity_bytes, 64 << 10);
     // XFS needs 300 MiB: a smaller request is rounded up, or refused when the limit forbids it.
     let mut x = create_req("pvc-x", 100 << 20);
     x.volume_capabilities = vec![mount_cap("xfs")];
     assert_eq!(f.create(x.clone()).await.unwrap().capacity_bytes, 300 << 20);
     x.name = "pvc-y".into();
-    x.capacity_range = Some(proto::CapacityRange {
-        required_bytes: 100 << 20,
-        limit_bytes: 200 << 20,
-    });
+    x.capacity_range = Some(proto::CapacityRange { required_bytes: 100 << 20, limit_bytes: 200 << 20 });
     assert_eq!(f.create(x).await.unwrap_err().code(), Code::OutOfRange);
 }
 
@@ -225,61 +147,45 @@ async fn bad_create_requests_get_their_codes_and_change_nothing() {
     r.volume_capabilities.clear();
     cases.push((r, Code::InvalidArgument));
     let mut r = create_req("v", GIB);
-    r.volume_capabilities[0].access_mode = Some(AccessMode {
-        mode: Mode::MultiNodeMultiWriter as i32,
-    });
+    r.volume_capabilities[0].access_mode = Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 });
     cases.push((r, Code::InvalidArgument));
     let mut r = create_req("v", GIB);
     r.volume_capabilities[0].access_type = None;
     cases.push((r, Code::InvalidArgument));
     cases.push((
-        proto::CreateVolumeRequest {
-            volume_capabilities: vec![mount_cap("btrfs")],
-            ..create_req("v", GIB)
-        },
+        proto::CreateVolumeRequest { volume_capabilities: vec![mount_cap("btrfs")], ..create_req("v", GIB) },
         Code::InvalidArgument,
     ));
     cases.push((create_req("v", -1), Code::InvalidArgument));
     let mut r = create_req("v", GIB);
-    r.capacity_range = Some(proto::CapacityRange {
-        required_bytes: 2 * GIB,
-        limit_bytes: GIB,
-    });
+    r.capacity_range = Some(proto::CapacityRange { required_bytes: 2 * GIB, limit_bytes: GIB });
     cases.push((r, Code::InvalidArgument));
     let mut r = create_req("v", GIB);
     r.parameters = HashMap::from([("fsType".into(), "zfs".into())]);
     cases.push((r, Code::InvalidArgument));
     let mut r = create_req("v", GIB);
-    r.accessibility_requirements = Some(proto::TopologyRequirement {
-        requisite: vec![validate::this_node("other")],
-        preferred: vec![],
+    r.accessibility_requirements =
+        Some(proto::TopologyRequirement { requisite: vec![validate::this_node("other")], preferred: vec![] });
+    cases.push((r, Code::ResourceExhausted));
+    let mut r = create_req("v", GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
+            snapshot_id: "snap@other-node".into(),
+        })),
     });
     cases.push((r, Code::ResourceExhausted));
     let mut r = create_req("v", GIB);
     r.volume_content_source = Some(proto::VolumeContentSource {
-        r#type: Some(proto::volume_content_source::Type::Snapshot(
-            proto::volume_content_source::SnapshotSource {
-                snapshot_id: "snap@other-node".into(),
-            },
-        )),
-    });
-    cases.push((r, Code::ResourceExhausted));
-    let mut r = create_req("v", GIB);
-    r.volume_content_source = Some(proto::VolumeContentSource {
-        r#type: Some(proto::volume_content_source::Type::Snapshot(
-            proto::volume_content_source::SnapshotSource {
-                snapshot_id: id("no-such-snap"),
-            },
-        )),
+        r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
+            snapshot_id: id("no-such-snap"),
+        })),
     });
     cases.push((r, Code::NotFound));
     let mut r = create_req("v", GIB);
     r.volume_content_source = Some(proto::VolumeContentSource {
-        r#type: Some(proto::volume_content_source::Type::Volume(
-            proto::volume_content_source::VolumeSource {
-                volume_id: "../x@node-1".into(),
-            },
-        )),
+        r#type: Some(proto::volume_content_source::Type::Volume(proto::volume_content_source::VolumeSource {
+            volume_id: "../x@node-1".into(),
+        })),
     });
     cases.push((r, Code::InvalidArgument));
     cases.push((create_req("too-big", 100 * GIB), Code::ResourceExhausted));
@@ -289,162 +195,66 @@ async fn bad_create_requests_get_their_codes_and_change_nothing() {
         assert_eq!(err.code(), code, "{what}: {}", err.message());
         assert!(!err.message().is_empty());
     }
-    assert_eq!(
-        f.state(),
-        before,
-        "bad input changed the pool, records or mounts"
-    );
+    assert_eq!(f.state(), before, "bad input changed the pool, records or mounts");
 }
 
 #[tokio::test]
 async fn snapshots_restore_and_clone() {
     let f = fixture();
     f.create(create_req("base", GIB)).await.unwrap();
-    let snap_req = proto::CreateSnapshotRequest {
-        name: "snap-1".into(),
-        source_volume_id: id("base"),
-        ..Default::default()
-    };
-    let s = f
-        .ctl
-        .create_snapshot(Request::new(snap_req.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
-    assert_eq!(
-        (s.snapshot_id.as_str(), s.size_bytes, s.ready_to_use),
-        (id("snap-1").as_str(), GIB, true)
-    );
+    let snap_req =
+        proto::CreateSnapshotRequest { name: "snap-1".into(), source_volume_id: id("base"), ..Default::default() };
+    let s = f.ctl.create_snapshot(Request::new(snap_req.clone())).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!((s.snapshot_id.as_str(), s.size_bytes, s.ready_to_use), (id("snap-1").as_str(), GIB, true));
     assert!(s.creation_time.is_some());
-    let again = f
-        .ctl
-        .create_snapshot(Request::new(snap_req))
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let again = f.ctl.create_snapshot(Request::new(snap_req)).await.unwrap().into_inner().snapshot.unwrap();
     assert_eq!(again, s);
-    let missing = proto::CreateSnapshotRequest {
-        name: "snap-2".into(),
-        source_volume_id: id("nope"),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .create_snapshot(Request::new(missing))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    let other = proto::CreateSnapshotRequest {
-        name: "snap-1".into(),
-        source_volume_id: id("other"),
-        ..Default::default()
-    };
+    let missing =
+        proto::CreateSnapshotRequest { name: "snap-2".into(), source_volume_id: id("nope"), ..Default::default() };
+    assert_eq!(f.ctl.create_snapshot(Request::new(missing)).await.unwrap_err().code(), Code::NotFound);
+    let other =
+        proto::CreateSnapshotRequest { name: "snap-1".into(), source_volume_id: id("other"), ..Default::default() };
     f.create(create_req("other", GIB)).await.unwrap();
-    assert_eq!(
-        f.ctl
-            .create_snapshot(Request::new(other))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::AlreadyExists
-    );
+    assert_eq!(f.ctl.create_snapshot(Request::new(other)).await.unwrap_err().code(), Code::AlreadyExists);
 
     // Restore, larger than the snapshot; and a restore asking less gets the snapshot's size.
     let mut r = create_req("restored", 2 * GIB);
     r.volume_content_source = Some(proto::VolumeContentSource {
-        r#type: Some(proto::volume_content_source::Type::Snapshot(
-            proto::volume_content_source::SnapshotSource {
-                snapshot_id: id("snap-1"),
-            },
-        )),
+        r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
+            snapshot_id: id("snap-1"),
+        })),
     });
     let v = f.create(r.clone()).await.unwrap();
     assert_eq!(v.capacity_bytes, 2 * GIB);
     assert_eq!(v.content_source, r.volume_content_source);
     r.name = "small".into();
-    r.capacity_range = Some(proto::CapacityRange {
-        required_bytes: GIB / 2,
-        limit_bytes: 0,
-    });
+    r.capacity_range = Some(proto::CapacityRange { required_bytes: GIB / 2, limit_bytes: 0 });
     assert_eq!(f.create(r.clone()).await.unwrap().capacity_bytes, GIB);
     r.name = "limited".into();
-    r.capacity_range = Some(proto::CapacityRange {
-        required_bytes: GIB / 2,
-        limit_bytes: GIB / 2,
-    });
+    r.capacity_range = Some(proto::CapacityRange { required_bytes: GIB / 2, limit_bytes: GIB / 2 });
     assert_eq!(f.create(r).await.unwrap_err().code(), Code::OutOfRange);
 
     // Clone.
     let mut c = create_req("clone", GIB);
     c.volume_content_source = Some(proto::VolumeContentSource {
-        r#type: Some(proto::volume_content_source::Type::Volume(
-            proto::volume_content_source::VolumeSource {
-                volume_id: id("base"),
-            },
-        )),
+        r#type: Some(proto::volume_content_source::Type::Volume(proto::volume_content_source::VolumeSource {
+            volume_id: id("base"),
+        })),
     });
     f.create(c).await.unwrap();
 
     // List by id, by source; delete the origin, the snapshot stays.
-    let by_id = proto::ListSnapshotsRequest {
-        snapshot_id: id("snap-1"),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .list_snapshots(Request::new(by_id))
-            .await
-            .unwrap()
-            .into_inner()
-            .entries
-            .len(),
-        1
-    );
-    let by_src = proto::ListSnapshotsRequest {
-        source_volume_id: id("base"),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .list_snapshots(Request::new(by_src))
-            .await
-            .unwrap()
-            .into_inner()
-            .entries
-            .len(),
-        1
-    );
-    let unknown = proto::ListSnapshotsRequest {
-        snapshot_id: "garbage".into(),
-        ..Default::default()
-    };
-    assert!(f
-        .ctl
-        .list_snapshots(Request::new(unknown))
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .is_empty());
+    let by_id = proto::ListSnapshotsRequest { snapshot_id: id("snap-1"), ..Default::default() };
+    assert_eq!(f.ctl.list_snapshots(Request::new(by_id)).await.unwrap().into_inner().entries.len(), 1);
+    let by_src = proto::ListSnapshotsRequest { source_volume_id: id("base"), ..Default::default() };
+    assert_eq!(f.ctl.list_snapshots(Request::new(by_src)).await.unwrap().into_inner().entries.len(), 1);
+    let unknown = proto::ListSnapshotsRequest { snapshot_id: "garbage".into(), ..Default::default() };
+    assert!(f.ctl.list_snapshots(Request::new(unknown)).await.unwrap().into_inner().entries.is_empty());
     f.ctl
-        .delete_volume(Request::new(proto::DeleteVolumeRequest {
-            volume_id: id("base"),
-            ..Default::default()
-        }))
+        .delete_volume(Request::new(proto::DeleteVolumeRequest { volume_id: id("base"), ..Default::default() }))
         .await
         .unwrap();
-    let all = f
-        .ctl
-        .list_snapshots(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let all = f.ctl.list_snapshots(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(all.entries.len(), 1);
     for _ in 0..2 {
         f.ctl
@@ -470,129 +280,46 @@ async fn delete_list_and_capacity() {
     loop {
         let page = f
             .ctl
-            .list_volumes(Request::new(proto::ListVolumesRequest {
-                max_entries: 2,
-                starting_token: token.clone(),
-            }))
+            .list_volumes(Request::new(proto::ListVolumesRequest { max_entries: 2, starting_token: token.clone() }))
             .await
             .unwrap()
             .into_inner();
         assert!(page.entries.len() <= 2);
-        seen.extend(
-            page.entries
-                .into_iter()
-                .map(|e| e.volume.unwrap().volume_id),
-        );
+        seen.extend(page.entries.into_iter().map(|e| e.volume.unwrap().volume_id));
         if page.next_token.is_empty() {
             break;
         }
         token = page.next_token;
     }
-    assert_eq!(
-        seen,
-        (0..5).map(|i| id(&format!("v{i}"))).collect::<Vec<_>>()
-    );
-    let bad = proto::ListVolumesRequest {
-        max_entries: 2,
-        starting_token: "bogus".into(),
-    };
-    assert_eq!(
-        f.ctl
-            .list_volumes(Request::new(bad))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Aborted
-    );
-    let neg = proto::ListVolumesRequest {
-        max_entries: -1,
-        starting_token: String::new(),
-    };
-    assert_eq!(
-        f.ctl
-            .list_volumes(Request::new(neg))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(seen, (0..5).map(|i| id(&format!("v{i}"))).collect::<Vec<_>>());
+    let bad = proto::ListVolumesRequest { max_entries: 2, starting_token: "bogus".into() };
+    assert_eq!(f.ctl.list_volumes(Request::new(bad)).await.unwrap_err().code(), Code::Aborted);
+    let neg = proto::ListVolumesRequest { max_entries: -1, starting_token: String::new() };
+    assert_eq!(f.ctl.list_volumes(Request::new(neg)).await.unwrap_err().code(), Code::InvalidArgument);
 
     for _ in 0..2 {
         f.ctl
-            .delete_volume(Request::new(proto::DeleteVolumeRequest {
-                volume_id: id("v0"),
-                ..Default::default()
-            }))
+            .delete_volume(Request::new(proto::DeleteVolumeRequest { volume_id: id("v0"), ..Default::default() }))
             .await
             .unwrap();
     }
     assert_eq!(f.capacity().await, before - 4 * GIB);
-    let other = proto::DeleteVolumeRequest {
-        volume_id: "v1@other-node".into(),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .delete_volume(Request::new(other))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::FailedPrecondition
-    );
+    let other = proto::DeleteVolumeRequest { volume_id: "v1@other-node".into(), ..Default::default() };
+    assert_eq!(f.ctl.delete_volume(Request::new(other)).await.unwrap_err().code(), Code::FailedPrecondition);
     for bad in ["", "v1", "a/b@node-1", "..@node-1"] {
-        let r = proto::DeleteVolumeRequest {
-            volume_id: bad.into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            f.ctl
-                .delete_volume(Request::new(r))
-                .await
-                .unwrap_err()
-                .code(),
-            Code::InvalidArgument,
-            "{bad:?}"
-        );
+        let r = proto::DeleteVolumeRequest { volume_id: bad.into(), ..Default::default() };
+        assert_eq!(f.ctl.delete_volume(Request::new(r)).await.unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
     }
 
     // GetCapacity for another node's topology is zero.
-    let t = proto::Topology {
-        segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), "other".to_owned())]),
-    };
-    let r = proto::GetCapacityRequest {
-        accessible_topology: Some(t),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .get_capacity(Request::new(r))
-            .await
-            .unwrap()
-            .into_inner()
-            .available_capacity,
-        0
-    );
-    let get = proto::ControllerGetVolumeRequest {
-        volume_id: id("v1"),
-    };
-    let got = f
-        .ctl
-        .controller_get_volume(Request::new(get))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = proto::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), "other".to_owned())]) };
+    let r = proto::GetCapacityRequest { accessible_topology: Some(t), ..Default::default() };
+    assert_eq!(f.ctl.get_capacity(Request::new(r)).await.unwrap().into_inner().available_capacity, 0);
+    let get = proto::ControllerGetVolumeRequest { volume_id: id("v1") };
+    let got = f.ctl.controller_get_volume(Request::new(get)).await.unwrap().into_inner();
     assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
-    let get = proto::ControllerGetVolumeRequest {
-        volume_id: id("v0"),
-    };
-    assert_eq!(
-        f.ctl
-            .controller_get_volume(Request::new(get))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    let get = proto::ControllerGetVolumeRequest { volume_id: id("v0") };
+    assert_eq!(f.ctl.controller_get_volume(Request::new(get)).await.unwrap_err().code(), Code::NotFound);
 }
 
 #[tokio::test]
@@ -604,53 +331,25 @@ async fn validate_volume_capabilities() {
         volume_capabilities: vec![mount_cap("xfs")],
         ..Default::default()
     };
-    assert!(f
-        .ctl
-        .validate_volume_capabilities(Request::new(ok))
-        .await
-        .unwrap()
-        .into_inner()
-        .confirmed
-        .is_some());
+    assert!(f.ctl.validate_volume_capabilities(Request::new(ok)).await.unwrap().into_inner().confirmed.is_some());
     let mut multi = mount_cap("ext4");
-    multi.access_mode = Some(AccessMode {
-        mode: Mode::MultiNodeReaderOnly as i32,
-    });
+    multi.access_mode = Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 });
     let no = proto::ValidateVolumeCapabilitiesRequest {
         volume_id: id("v"),
         volume_capabilities: vec![multi],
         ..Default::default()
     };
-    let r = f
-        .ctl
-        .validate_volume_capabilities(Request::new(no))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = f.ctl.validate_volume_capabilities(Request::new(no)).await.unwrap().into_inner();
     assert!(r.confirmed.is_none() && !r.message.is_empty());
     let missing = proto::ValidateVolumeCapabilitiesRequest {
         volume_id: id("nope"),
         volume_capabilities: vec![mount_cap("")],
         ..Default::default()
     };
+    assert_eq!(f.ctl.validate_volume_capabilities(Request::new(missing)).await.unwrap_err().code(), Code::NotFound);
+    let empty = proto::ValidateVolumeCapabilitiesRequest { volume_id: id("v"), ..Default::default() };
     assert_eq!(
-        f.ctl
-            .validate_volume_capabilities(Request::new(missing))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    let empty = proto::ValidateVolumeCapabilitiesRequest {
-        volume_id: id("v"),
-        ..Default::default()
-    };
-    assert_eq!(
-        f.ctl
-            .validate_volume_capabilities(Request::new(empty))
-            .await
-            .unwrap_err()
-            .code(),
+        f.ctl.validate_volume_capabilities(Request::new(empty)).await.unwrap_err().code(),
         Code::InvalidArgument
     );
 }
@@ -658,24 +357,16 @@ async fn validate_volume_capabilities() {
 fn stage_req(name: &str, cap: proto::VolumeCapability) -> proto::NodeStageVolumeRequest {
     proto::NodeStageVolumeRequest {
         volume_id: id(name),
-        staging_target_path: format!(
-            "{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"
-        ),
+        staging_target_path: format!("{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"),
         volume_capability: Some(cap),
         ..Default::default()
     }
 }
 
-fn publish_req(
-    name: &str,
-    cap: proto::VolumeCapability,
-    ro: bool,
-) -> proto::NodePublishVolumeRequest {
+fn publish_req(name: &str, cap: proto::VolumeCapability, ro: bool) -> proto::NodePublishVolumeRequest {
     proto::NodePublishVolumeRequest {
         volume_id: id(name),
-        staging_target_path: format!(
-            "{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"
-        ),
+        staging_target_path: format!("{KUBELET}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount"),
         target_path: format!("{KUBELET}/pods/uid/volumes/kubernetes.io~csi/{name}/mount"),
         volume_capability: Some(cap),
         readonly: ro,
@@ -689,64 +380,33 @@ async fn node_stage_publish_is_idempotent_and_never_reformats() {
     f.create(create_req("v", GIB)).await.unwrap();
     let m = f.driver.mounter.clone();
     for _ in 0..2 {
-        f.node
-            .node_stage_volume(Request::new(stage_req("v", mount_cap("ext4"))))
-            .await
-            .unwrap();
+        f.node.node_stage_volume(Request::new(stage_req("v", mount_cap("ext4")))).await.unwrap();
     }
     assert_eq!(m.formats(), 1);
     for _ in 0..2 {
-        f.node
-            .node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), false)))
-            .await
-            .unwrap();
+        f.node.node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), false))).await.unwrap();
     }
-    let ro = f
-        .node
-        .node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), true)))
-        .await
-        .unwrap_err();
+    let ro = f.node.node_publish_volume(Request::new(publish_req("v", mount_cap("ext4"), true))).await.unwrap_err();
     assert_eq!(ro.code(), Code::AlreadyExists);
     let stats = proto::NodeGetVolumeStatsRequest {
         volume_id: id("v"),
         volume_path: publish_req("v", mount_cap(""), false).target_path,
         staging_target_path: String::new(),
     };
-    let s = f
-        .node
-        .node_get_volume_stats(Request::new(stats))
-        .await
-        .unwrap()
-        .into_inner();
+    let s = f.node.node_get_volume_stats(Request::new(stats)).await.unwrap().into_inner();
     assert_eq!(s.usage.len(), 2);
     assert!(!s.volume_condition.unwrap().abnormal);
     let expand = proto::NodeExpandVolumeRequest {
         volume_id: id("v"),
         volume_path: publish_req("v", mount_cap(""), false).target_path,
-        capacity_range: Some(proto::CapacityRange {
-            required_bytes: 2 * GIB,
-            limit_bytes: 0,
-        }),
+        capacity_range: Some(proto::CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }),
         ..Default::default()
     };
     assert_eq!(
-        f.node
-            .node_expand_volume(Request::new(expand.clone()))
-            .await
-            .unwrap()
-            .into_inner()
-            .capacity_bytes,
+        f.node.node_expand_volume(Request::new(expand.clone())).await.unwrap().into_inner().capacity_bytes,
         2 * GIB
     );
-    assert_eq!(
-        f.node
-            .node_expand_volume(Request::new(expand))
-            .await
-            .unwrap()
-            .into_inner()
-            .capacity_bytes,
-        2 * GIB
-    );
+    assert_eq!(f.node.node_expand_volume(Request::new(expand)).await.unwrap().into_inner().capacity_bytes, 2 * GIB);
     assert!(m.grows() >= 2);
     for _ in 0..2 {
         let r = proto::NodeUnpublishVolumeRequest {
@@ -764,25 +424,13 @@ async fn node_stage_publish_is_idempotent_and_never_reformats() {
 
     // A device holding another filesystem is never reformatted.
     f.create(create_req("w", GIB)).await.unwrap();
-    let dev = f
-        .driver
-        .engine
-        .activate(crate::store::Kind::Volume, "w")
-        .unwrap();
+    let dev = f.driver.engine.activate(crate::store::Kind::Volume, "w").unwrap();
     m.set_signature(&dev, "xfs");
-    let err = f
-        .node
-        .node_stage_volume(Request::new(stage_req("w", mount_cap("ext4"))))
-        .await
-        .unwrap_err();
+    let err = f.node.node_stage_volume(Request::new(stage_req("w", mount_cap("ext4")))).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(m.formats(), 1);
     // Publishing an unstaged filesystem volume is refused.
-    let err = f
-        .node
-        .node_publish_volume(Request::new(publish_req("w", mount_cap("xfs"), false)))
-        .await
-        .unwrap_err();
+    let err = f.node.node_publish_volume(Request::new(publish_req("w", mount_cap("xfs"), false))).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
 
@@ -793,82 +441,40 @@ async fn node_block_volumes_and_bad_paths() {
     r.volume_capabilities = vec![block_cap()];
     let v = f.create(r).await.unwrap();
     assert!(v.volume_context.is_empty());
-    f.node
-        .node_stage_volume(Request::new(stage_req("b", block_cap())))
-        .await
-        .unwrap();
+    f.node.node_stage_volume(Request::new(stage_req("b", block_cap()))).await.unwrap();
     let mut p = publish_req("b", block_cap(), false);
     p.target_path = format!("{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/publish/b/pod");
-    f.node
-        .node_publish_volume(Request::new(p.clone()))
-        .await
-        .unwrap();
-    assert!(f
-        .driver
-        .mounter
-        .exists(std::path::Path::new(&p.target_path)));
+    f.node.node_publish_volume(Request::new(p.clone())).await.unwrap();
+    assert!(f.driver.mounter.exists(std::path::Path::new(&p.target_path)));
     assert_eq!(f.driver.mounter.formats(), 0);
 
     let before = f.state();
-    let outside = [
-        "/etc/passwd",
-        "/var/lib/kubelet/../../etc",
-        "relative",
-        "",
-        "/var/lib/kubeletX/a",
-    ];
+    let outside = ["/etc/passwd", "/var/lib/kubelet/../../etc", "relative", "", "/var/lib/kubeletX/a"];
     for path in outside {
         let mut s = stage_req("b", mount_cap("ext4"));
         s.staging_target_path = path.into();
         assert_eq!(
-            f.node
-                .node_stage_volume(Request::new(s))
-                .await
-                .unwrap_err()
-                .code(),
+            f.node.node_stage_volume(Request::new(s)).await.unwrap_err().code(),
             Code::InvalidArgument,
             "{path:?}"
         );
         let mut p = publish_req("b", mount_cap("ext4"), false);
         p.target_path = path.into();
         assert_eq!(
-            f.node
-                .node_publish_volume(Request::new(p))
-                .await
-                .unwrap_err()
-                .code(),
+            f.node.node_publish_volume(Request::new(p)).await.unwrap_err().code(),
             Code::InvalidArgument,
             "{path:?}"
         );
     }
     let mut s = stage_req("b", mount_cap("ext4"));
     s.volume_capability = None;
-    assert_eq!(
-        f.node
-            .node_stage_volume(Request::new(s))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(f.node.node_stage_volume(Request::new(s)).await.unwrap_err().code(), Code::InvalidArgument);
     let mut s = stage_req("b", mount_cap("ext4"));
     s.volume_id = "b@other-node".into();
-    assert_eq!(
-        f.node
-            .node_stage_volume(Request::new(s))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+    assert_eq!(f.node.node_stage_volume(Request::new(s)).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(f.state(), before);
 
-    let info = f
-        .node
-        .node_get_info(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let info = f.node.node_get_info(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(info.node_id, NODE);
     assert_eq!(info.accessible_topology, Some(validate::this_node(NODE)));
 }
@@ -878,18 +484,11 @@ async fn a_second_call_for_a_busy_volume_is_aborted() {
     let f = fixture();
     f.create(create_req("v", GIB)).await.unwrap();
     let _held = f.driver.in_flight.claim(&id("v")).unwrap();
-    let err = f
-        .node
-        .node_stage_volume(Request::new(stage_req("v", mount_cap("ext4"))))
-        .await
-        .unwrap_err();
+    let err = f.node.node_stage_volume(Request::new(stage_req("v", mount_cap("ext4")))).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
     let err = f
         .ctl
-        .delete_volume(Request::new(proto::DeleteVolumeRequest {
-            volume_id: id("v"),
-            ..Default::default()
-        }))
+        .delete_volume(Request::new(proto::DeleteVolumeRequest { volume_id: id("v"), ..Default::default() }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
@@ -898,17 +497,9 @@ async fn a_second_call_for_a_busy_volume_is_aborted() {
 #[tokio::test]
 async fn unimplemented_calls_say_why() {
     let f = fixture();
-    let e = f
-        .ctl
-        .controller_expand_volume(Request::new(Default::default()))
-        .await
-        .unwrap_err();
+    let e = f.ctl.controller_expand_volume(Request::new(Default::default())).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("NodeExpandVolume"));
-    let e = f
-        .ctl
-        .controller_publish_volume(Request::new(Default::default()))
-        .await
-        .unwrap_err();
+    let e = f.ctl.controller_publish_volume(Request::new(Default::default())).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
 }

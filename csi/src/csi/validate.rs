@@ -16,10 +16,7 @@ pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccessKind {
-    Mount {
-        fs: Option<FsType>,
-        flags: Vec<String>,
-    },
+    Mount { fs: Option<FsType>, flags: Vec<String> },
     Block,
 }
 
@@ -30,10 +27,7 @@ pub struct Access {
 }
 
 pub fn capability(cap: &proto::VolumeCapability) -> Result<Access, CsiError> {
-    let mode = cap
-        .access_mode
-        .as_ref()
-        .ok_or_else(|| CsiError::invalid("volume capability has no access_mode"))?;
+    let mode = cap.access_mode.as_ref().ok_or_else(|| CsiError::invalid("volume capability has no access_mode"))?;
     let read_only = match Mode::try_from(mode.mode) {
         Ok(Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter) => false,
         Ok(Mode::SingleNodeReaderOnly) => true,
@@ -51,21 +45,12 @@ pub fn capability(cap: &proto::VolumeCapability) -> Result<Access, CsiError> {
             let fs = match m.fs_type.as_str() {
                 "" => None,
                 other => Some(FsType::parse(other).ok_or_else(|| {
-                    CsiError::invalid(format!(
-                        "filesystem {other:?} is not supported; use ext4 or xfs"
-                    ))
+                    CsiError::invalid(format!("filesystem {other:?} is not supported; use ext4 or xfs"))
                 })?),
             };
-            AccessKind::Mount {
-                fs,
-                flags: m.mount_flags.clone(),
-            }
+            AccessKind::Mount { fs, flags: m.mount_flags.clone() }
         }
-        None => {
-            return Err(CsiError::invalid(
-                "volume capability has neither block nor mount access_type",
-            ))
-        }
+        None => return Err(CsiError::invalid("volume capability has neither block nor mount access_type")),
     };
     Ok(Access { kind, read_only })
 }
@@ -83,13 +68,10 @@ pub fn fs_param(params: &HashMap<String, String>) -> Result<Option<FsType>, CsiE
     let mut found = None;
     for key in ["csi.storage.k8s.io/fstype", "fsType"] {
         if let Some(v) = params.get(key).filter(|v| !v.is_empty()) {
-            let fs = FsType::parse(v).ok_or_else(|| {
-                CsiError::invalid(format!("parameter {key}={v:?}: use ext4 or xfs"))
-            })?;
+            let fs =
+                FsType::parse(v).ok_or_else(|| CsiError::invalid(format!("parameter {key}={v:?}: use ext4 or xfs")))?;
             if found.is_some_and(|f| f != fs) {
-                return Err(CsiError::invalid(
-                    "parameters csi.storage.k8s.io/fstype and fsType disagree",
-                ));
+                return Err(CsiError::invalid("parameters csi.storage.k8s.io/fstype and fsType disagree"));
             }
             found = Some(fs);
         }
@@ -99,28 +81,18 @@ pub fn fs_param(params: &HashMap<String, String>) -> Result<Option<FsType>, CsiE
 
 /// The size to create for a capacity range: `required` rounded up to the pool's block size, or
 /// the default; never above `limit`.
-pub fn size_from_range(
-    range: Option<&proto::CapacityRange>,
-    block_bytes: u64,
-) -> Result<u64, CsiError> {
+pub fn size_from_range(range: Option<&proto::CapacityRange>, block_bytes: u64) -> Result<u64, CsiError> {
     let (required, limit) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
     if required < 0 || limit < 0 {
-        return Err(CsiError::invalid(format!(
-            "capacity range {required}..{limit} has a negative bound"
-        )));
+        return Err(CsiError::invalid(format!("capacity range {required}..{limit} has a negative bound")));
     }
     let (required, limit) = (required as u64, limit as u64);
     if limit != 0 && required > limit {
-        return Err(CsiError::invalid(format!(
-            "capacity range is inverted: required {required} > limit {limit}"
-        )));
+        return Err(CsiError::invalid(format!("capacity range is inverted: required {required} > limit {limit}")));
     }
     let unit = block_bytes.max(SECTOR);
-    let wanted = if required == 0 {
-        DEFAULT_VOLUME_BYTES.min(if limit == 0 { u64::MAX } else { limit })
-    } else {
-        required
-    };
+    let wanted =
+        if required == 0 { DEFAULT_VOLUME_BYTES.min(if limit == 0 { u64::MAX } else { limit }) } else { required };
     let rounded = wanted
         .div_ceil(unit)
         .checked_mul(unit)
@@ -133,9 +105,7 @@ pub fn size_from_range(
     if sectors <= limit && sectors > 0 {
         return Ok(sectors);
     }
-    Err(CsiError::OutOfRange(format!(
-        "no size of whole 512-byte sectors lies in {required}..{limit}"
-    )))
+    Err(CsiError::OutOfRange(format!("no size of whole 512-byte sectors lies in {required}..{limit}")))
 }
 
 /// An absolute, normalized path under `root` (the kubelet directory); anything else is refused.
@@ -149,15 +119,10 @@ pub fn path_under(root: &Path, path: &str, what: &str) -> Result<PathBuf, CsiErr
     let p = Path::new(path);
     // Checked on the text: `Path::components` silently drops inner `.` segments.
     if !p.is_absolute() || path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(CsiError::invalid(format!(
-            "{what} {path:?} must be an absolute path without '.' or '..'"
-        )));
+        return Err(CsiError::invalid(format!("{what} {path:?} must be an absolute path without '.' or '..'")));
     }
     if !p.starts_with(root) || p == root {
-        return Err(CsiError::invalid(format!(
-            "{what} {path:?} is outside the kubelet directory {}",
-            root.display()
-        )));
+        return Err(CsiError::invalid(format!("{what} {path:?} is outside the kubelet directory {}", root.display())));
     }
     Ok(p.to_owned())
 }
@@ -168,17 +133,12 @@ pub fn topology_admits(req: Option<&proto::TopologyRequirement>, node: &str) -> 
     match req {
         None => true,
         Some(r) if r.requisite.is_empty() => true,
-        Some(r) => r
-            .requisite
-            .iter()
-            .any(|t| t.segments.get(TOPOLOGY_KEY).is_some_and(|n| n == node)),
+        Some(r) => r.requisite.iter().any(|t| t.segments.get(TOPOLOGY_KEY).is_some_and(|n| n == node)),
     }
 }
 
 pub fn this_node(node: &str) -> proto::Topology {
-    proto::Topology {
-        segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), node.to_owned())]),
-    }
+    proto::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), node.to_owned())]) }
 }
 
 #[cfg(test)]
@@ -187,17 +147,11 @@ mod tests {
     use proto::volume_capability::{AccessMode, BlockVolume, MountVolume};
 
     fn cap(mode: Mode, access: Option<AccessType>) -> proto::VolumeCapability {
-        proto::VolumeCapability {
-            access_mode: Some(AccessMode { mode: mode as i32 }),
-            access_type: access,
-        }
+        proto::VolumeCapability { access_mode: Some(AccessMode { mode: mode as i32 }), access_type: access }
     }
 
     fn mount(fs: &str) -> Option<AccessType> {
-        Some(AccessType::Mount(MountVolume {
-            fs_type: fs.into(),
-            mount_flags: vec!["noatime".into()],
-        }))
+        Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec!["noatime".into()] }))
     }
 
     #[test]
@@ -205,53 +159,22 @@ mod tests {
         assert_eq!(
             capability(&cap(Mode::SingleNodeWriter, mount("xfs"))).unwrap(),
             Access {
-                kind: AccessKind::Mount {
-                    fs: Some(FsType::Xfs),
-                    flags: vec!["noatime".into()]
-                },
+                kind: AccessKind::Mount { fs: Some(FsType::Xfs), flags: vec!["noatime".into()] },
                 read_only: false
             }
         );
         assert!(
-            capability(&cap(
-                Mode::SingleNodeReaderOnly,
-                Some(AccessType::Block(BlockVolume {}))
-            ))
-            .unwrap()
-            .read_only
+            capability(&cap(Mode::SingleNodeReaderOnly, Some(AccessType::Block(BlockVolume {})))).unwrap().read_only
         );
         assert!(capability(&cap(Mode::SingleNodeSingleWriter, mount(""))).is_ok());
-        for bad in [
-            Mode::MultiNodeMultiWriter,
-            Mode::MultiNodeReaderOnly,
-            Mode::MultiNodeSingleWriter,
-            Mode::Unknown,
-        ] {
-            assert!(
-                matches!(
-                    capability(&cap(bad, mount("ext4"))),
-                    Err(CsiError::InvalidArgument(_))
-                ),
-                "{bad:?}"
-            );
+        for bad in [Mode::MultiNodeMultiWriter, Mode::MultiNodeReaderOnly, Mode::MultiNodeSingleWriter, Mode::Unknown] {
+            assert!(matches!(capability(&cap(bad, mount("ext4"))), Err(CsiError::InvalidArgument(_))), "{bad:?}");
         }
-        assert!(matches!(
-            capability(&cap(Mode::SingleNodeWriter, mount("btrfs"))),
-            Err(CsiError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            capability(&cap(Mode::SingleNodeWriter, None)),
-            Err(CsiError::InvalidArgument(_))
-        ));
-        let no_mode = proto::VolumeCapability {
-            access_mode: None,
-            access_type: mount("ext4"),
-        };
+        assert!(matches!(capability(&cap(Mode::SingleNodeWriter, mount("btrfs"))), Err(CsiError::InvalidArgument(_))));
+        assert!(matches!(capability(&cap(Mode::SingleNodeWriter, None)), Err(CsiError::InvalidArgument(_))));
+        let no_mode = proto::VolumeCapability { access_mode: None, access_type: mount("ext4") };
         assert!(capability(&no_mode).is_err());
-        let unknown = proto::VolumeCapability {
-            access_mode: Some(AccessMode { mode: 99 }),
-            access_type: mount(""),
-        };
+        let unknown = proto::VolumeCapability { access_mode: Some(AccessMode { mode: 99 }), access_type: mount("") };
         assert!(capability(&unknown).is_err());
         assert!(capabilities(&[]).is_err());
     }
@@ -261,10 +184,7 @@ mod tests {
         let p = |k: &str, v: &str| HashMap::from([(k.to_owned(), v.to_owned())]);
         assert_eq!(fs_param(&HashMap::new()).unwrap(), None);
         assert_eq!(fs_param(&p("fsType", "xfs")).unwrap(), Some(FsType::Xfs));
-        assert_eq!(
-            fs_param(&p("csi.storage.k8s.io/fstype", "ext4")).unwrap(),
-            Some(FsType::Ext4)
-        );
+        assert_eq!(fs_param(&p("csi.storage.k8s.io/fstype", "ext4")).unwrap(), Some(FsType::Ext4));
         assert!(fs_param(&p("fsType", "ntfs")).is_err());
         assert_eq!(fs_param(&p("unknownParameter", "whatever")).unwrap(), None);
         let both = HashMap::from([
@@ -276,58 +196,24 @@ mod tests {
 
     #[test]
     fn capacity_ranges() {
-        let r = |req: i64, lim: i64| {
-            Some(proto::CapacityRange {
-                required_bytes: req,
-                limit_bytes: lim,
-            })
-        };
+        let r = |req: i64, lim: i64| Some(proto::CapacityRange { required_bytes: req, limit_bytes: lim });
         let block = 64 << 10;
         assert_eq!(size_from_range(None, block).unwrap(), DEFAULT_VOLUME_BYTES);
         assert_eq!(size_from_range(r(1, 0).as_ref(), block).unwrap(), block);
-        assert_eq!(
-            size_from_range(r(100 << 20, 0).as_ref(), block).unwrap(),
-            100 << 20
-        );
-        assert_eq!(
-            size_from_range(r(0, 10 << 20).as_ref(), block).unwrap(),
-            10 << 20
-        );
-        assert_eq!(
-            size_from_range(r(1000, 4096).as_ref(), block).unwrap(),
-            1024
-        );
-        assert!(matches!(
-            size_from_range(r(-1, 0).as_ref(), block),
-            Err(CsiError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            size_from_range(r(0, -5).as_ref(), block),
-            Err(CsiError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            size_from_range(r(10, 5).as_ref(), block),
-            Err(CsiError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            size_from_range(r(1000, 1000).as_ref(), block),
-            Err(CsiError::OutOfRange(_))
-        ));
-        assert!(matches!(
-            size_from_range(r(i64::MAX, 0).as_ref(), block),
-            Ok(_) | Err(CsiError::OutOfRange(_))
-        ));
+        assert_eq!(size_from_range(r(100 << 20, 0).as_ref(), block).unwrap(), 100 << 20);
+        assert_eq!(size_from_range(r(0, 10 << 20).as_ref(), block).unwrap(), 10 << 20);
+        assert_eq!(size_from_range(r(1000, 4096).as_ref(), block).unwrap(), 1024);
+        assert!(matches!(size_from_range(r(-1, 0).as_ref(), block), Err(CsiError::InvalidArgument(_))));
+        assert!(matches!(size_from_range(r(0, -5).as_ref(), block), Err(CsiError::InvalidArgument(_))));
+        assert!(matches!(size_from_range(r(10, 5).as_ref(), block), Err(CsiError::InvalidArgument(_))));
+        assert!(matches!(size_from_range(r(1000, 1000).as_ref(), block), Err(CsiError::OutOfRange(_))));
+        assert!(matches!(size_from_range(r(i64::MAX, 0).as_ref(), block), Ok(_) | Err(CsiError::OutOfRange(_))));
     }
 
     #[test]
     fn paths_stay_under_the_kubelet_dir() {
         let root = Path::new("/var/lib/kubelet");
-        assert!(path_under(
-            root,
-            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pv/mount",
-            "target"
-        )
-        .is_ok());
+        assert!(path_under(root, "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pv/mount", "target").is_ok());
         for bad in [
             "",
             "relative/x",
@@ -338,13 +224,7 @@ mod tests {
             "/var/lib/kubeletX/y",
             "/var/lib/kubelet/a\0b",
         ] {
-            assert!(
-                matches!(
-                    path_under(root, bad, "target"),
-                    Err(CsiError::InvalidArgument(_))
-                ),
-                "{bad:?}"
-            );
+            assert!(matches!(path_under(root, bad, "target"), Err(CsiError::InvalidArgument(_))), "{bad:?}");
         }
     }
 
@@ -352,23 +232,12 @@ mod tests {
     fn topology() {
         let t = |n: &str| this_node(n);
         assert!(topology_admits(None, "n1"));
-        let req = proto::TopologyRequirement {
-            requisite: vec![t("n2"), t("n1")],
-            preferred: vec![],
-        };
+        let req = proto::TopologyRequirement { requisite: vec![t("n2"), t("n1")], preferred: vec![] };
         assert!(topology_admits(Some(&req), "n1"));
-        let req = proto::TopologyRequirement {
-            requisite: vec![t("n2")],
-            preferred: vec![t("n1")],
-        };
+        let req = proto::TopologyRequirement { requisite: vec![t("n2")], preferred: vec![t("n1")] };
         assert!(!topology_admits(Some(&req), "n1"));
-        let other_key = proto::Topology {
-            segments: HashMap::from([("zone".to_owned(), "n1".to_owned())]),
-        };
-        let req = proto::TopologyRequirement {
-            requisite: vec![other_key],
-            preferred: vec![],
-        };
+        let other_key = proto::Topology { segments: HashMap::from([("zone".to_owned(), "n1".to_owned())]) };
+        let req = proto::TopologyRequirement { requisite: vec![other_key], preferred: vec![] };
         assert!(!topology_admits(Some(&req), "n1"));
     }
 }

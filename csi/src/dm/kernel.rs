@@ -15,9 +15,7 @@ use crate::units::ThinId;
 pub(crate) fn lib_err(op: impl Into<String>) -> impl FnOnce(LibError) -> DmError {
     let op = op.into();
     move |e| match &e {
-        LibError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => {
-            DmError::Kernel { op, errno: **errno }
-        }
+        LibError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => DmError::Kernel { op, errno: **errno },
         _ => DmError::Library { op, source: e },
     }
 }
@@ -32,32 +30,22 @@ fn single_target(dm: &DM, name: &str, table: bool) -> Result<(String, String), D
     if table {
         flags |= DmFlags::DM_STATUS_TABLE;
     }
-    let (_, targets) = dm
-        .table_status(
-            &DevId::Name(dm_name(name)?),
-            DmOptions::default().set_flags(flags),
-        )
-        .map_err(|e| match lib_err(format!("status of {name}"))(e) {
-            DmError::Kernel {
-                errno: Errno::ENXIO,
-                ..
-            } => DmError::NoSuchPool(name.to_owned()),
+    let (_, targets) = dm.table_status(&DevId::Name(dm_name(name)?), DmOptions::default().set_flags(flags)).map_err(
+        |e| match lib_err(format!("status of {name}"))(e) {
+            DmError::Kernel { errno: Errno::ENXIO, .. } => DmError::NoSuchPool(name.to_owned()),
             other => other,
-        })?;
+        },
+    )?;
     match targets.as_slice() {
         [(_, _, kind, params)] => Ok((kind.clone(), params.clone())),
-        _ => Err(DmError::NotAThinPool {
-            name: name.to_owned(),
-            found: format!("{} targets", targets.len()),
-        }),
+        _ => Err(DmError::NotAThinPool { name: name.to_owned(), found: format!("{} targets", targets.len()) }),
     }
 }
 
 /// Resolves a `major:minor` from a table line to its device node via sysfs.
 pub fn devnode_of(majmin: &str) -> Result<PathBuf, DmError> {
-    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{majmin}/uevent")).map_err(
-        DmError::io(format!("reading sysfs for block device {majmin}")),
-    )?;
+    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{majmin}/uevent"))
+        .map_err(DmError::io(format!("reading sysfs for block device {majmin}")))?;
     let name = uevent
         .lines()
         .find_map(|l| l.strip_prefix("DEVNAME="))
@@ -77,20 +65,13 @@ pub struct KernelPool {
 impl KernelPool {
     /// Opens an existing, active thin-pool dm device by name.
     pub fn open(dm_name_str: &str, kind: PoolKind, source: String) -> Result<Self, DmError> {
-        let dm = DM::new().map_err(lib_err(
-            "opening /dev/mapper/control (is dm_mod loaded and are we root?)",
-        ))?;
+        let dm = DM::new().map_err(lib_err("opening /dev/mapper/control (is dm_mod loaded and are we root?)"))?;
         let (kind_found, params) = single_target(&dm, dm_name_str, true)?;
         if kind_found != "thin-pool" {
-            return Err(DmError::NotAThinPool {
-                name: dm_name_str.to_owned(),
-                found: kind_found,
-            });
+            return Err(DmError::NotAThinPool { name: dm_name_str.to_owned(), found: kind_found });
         }
         let table: PoolTable = params.parse()?;
-        let info = dm
-            .device_info(&DevId::Name(dm_name(dm_name_str)?))
-            .map_err(lib_err("device info"))?;
+        let info = dm.device_info(&DevId::Name(dm_name(dm_name_str)?)).map_err(lib_err("device info"))?;
         let dev = info.device();
         Ok(KernelPool {
             dm,
@@ -119,12 +100,7 @@ impl KernelPool {
     }
 
     fn thin_table(&self, id: ThinId, sectors: u64) -> Vec<(u64, u64, String, String)> {
-        vec![(
-            0,
-            sectors,
-            "thin".to_owned(),
-            format!("{} {}", self.pool_dev, id),
-        )]
+        vec![(0, sectors, "thin".to_owned(), format!("{} {}", self.pool_dev, id))]
     }
 
     fn name_of(&self, id: ThinId) -> String {
@@ -137,28 +113,18 @@ impl KernelPool {
         match self.dm.device_info(&DevId::Name(dm_name(&name)?)) {
             Ok(i) => Ok(Some(i)),
             Err(e) => match lib_err("device info")(e) {
-                DmError::Kernel {
-                    errno: Errno::ENXIO,
-                    ..
-                } => Ok(None),
+                DmError::Kernel { errno: Errno::ENXIO, .. } => Ok(None),
                 other => Err(other),
             },
         }
     }
 
     fn suspend(&self, name: &str, suspend: bool) -> Result<(), DmError> {
-        let opts = if suspend {
-            DmOptions::default().set_flags(DmFlags::DM_SUSPEND)
-        } else {
-            DmOptions::default()
-        };
+        let opts = if suspend { DmOptions::default().set_flags(DmFlags::DM_SUSPEND) } else { DmOptions::default() };
         self.dm
             .device_suspend(&DevId::Name(dm_name(name)?), opts)
             .map(|_| ())
-            .map_err(lib_err(format!(
-                "{} {name}",
-                if suspend { "suspend" } else { "resume" }
-            )))
+            .map_err(lib_err(format!("{} {name}", if suspend { "suspend" } else { "resume" })))
     }
 }
 
@@ -170,10 +136,7 @@ impl ThinPool for KernelPool {
     fn status(&self) -> Result<PoolStatus, DmError> {
         let (kind, params) = single_target(&self.dm, &self.info.dm_name, false)?;
         if kind != "thin-pool" {
-            return Err(DmError::NotAThinPool {
-                name: self.info.dm_name.clone(),
-                found: kind,
-            });
+            return Err(DmError::NotAThinPool { name: self.info.dm_name.clone(), found: kind });
         }
         Ok(params.parse()?)
     }
@@ -190,11 +153,7 @@ impl ThinPool for KernelPool {
         }
         let sent = self.message(&format!("create_snap {id} {origin}"));
         // The origin is resumed whatever the message did.
-        let resumed = if active {
-            self.suspend(&origin_name, false)
-        } else {
-            Ok(())
-        };
+        let resumed = if active { self.suspend(&origin_name, false) } else { Ok(()) };
         sent.and(resumed)
     }
 
@@ -220,18 +179,12 @@ impl ThinPool for KernelPool {
             .map_err(lib_err(format!("create {name}")))?;
         let loaded = self
             .dm
-            .table_load(
-                &DevId::Name(dm_name(&name)?),
-                &self.thin_table(id, sectors),
-                DmOptions::default(),
-            )
+            .table_load(&DevId::Name(dm_name(&name)?), &self.thin_table(id, sectors), DmOptions::default())
             .map_err(lib_err(format!("load thin table for {name}")))
             .and_then(|_| self.suspend(&name, false));
         if let Err(e) = loaded {
             // Leave nothing half-made behind.
-            let _ = self
-                .dm
-                .device_remove(&DevId::Name(dm_name(&name)?), DmOptions::default());
+            let _ = self.dm.device_remove(&DevId::Name(dm_name(&name)?), DmOptions::default());
             return Err(e);
         }
         Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
@@ -245,20 +198,11 @@ impl ThinPool for KernelPool {
             return Err(DmError::Busy(id));
         }
         let name = self.name_of(id);
-        match self
-            .dm
-            .device_remove(&DevId::Name(dm_name(&name)?), DmOptions::default())
-        {
+        match self.dm.device_remove(&DevId::Name(dm_name(&name)?), DmOptions::default()) {
             Ok(_) => Ok(()),
             Err(e) => match lib_err(format!("remove {name}"))(e) {
-                DmError::Kernel {
-                    errno: Errno::ENXIO,
-                    ..
-                } => Ok(()),
-                DmError::Kernel {
-                    errno: Errno::EBUSY,
-                    ..
-                } => Err(DmError::Busy(id)),
+                DmError::Kernel { errno: Errno::ENXIO, .. } => Ok(()),
+                DmError::Kernel { errno: Errno::EBUSY, .. } => Err(DmError::Busy(id)),
                 other => Err(other),
             },
         }
@@ -270,11 +214,7 @@ impl ThinPool for KernelPool {
         }
         let name = self.name_of(id);
         self.dm
-            .table_load(
-                &DevId::Name(dm_name(&name)?),
-                &self.thin_table(id, sectors),
-                DmOptions::default(),
-            )
+            .table_load(&DevId::Name(dm_name(&name)?), &self.thin_table(id, sectors), DmOptions::default())
             .map_err(lib_err(format!("reload thin table for {name}")))?;
         // Resuming swaps in the new table; a thin target has no size of its own, so this grows it.
         self.suspend(&name, true)?;
@@ -330,11 +270,7 @@ impl ThinPool for KernelPool {
 /// The `dev_id`s of the `<device>` elements in `thin_dump` XML output.
 pub fn parse_thin_dump_ids(xml: &str) -> Result<Vec<ThinId>, DmError> {
     let mut ids = Vec::new();
-    for line in xml
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("<device "))
-    {
+    for line in xml.lines().map(str::trim).filter(|l| l.starts_with("<device ")) {
         let id = line
             .split("dev_id=\"")
             .nth(1)
@@ -342,9 +278,7 @@ pub fn parse_thin_dump_ids(xml: &str) -> Result<Vec<ThinId>, DmError> {
             .and_then(|n| n.parse::<u32>().ok())
             .and_then(|n| ThinId::new(n).ok())
             .ok_or_else(|| {
-                DmError::Config(format!(
-                    "thin_dump printed a device line without a valid dev_id: {line}"
-                ))
+                DmError::Config(format!("thin_dump printed a device line without a valid dev_id: {line}"))
             })?;
         ids.push(id);
     }
@@ -365,15 +299,9 @@ mod tests {
     <range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>
   </device>
 </superblock>"#;
-        let ids: Vec<u32> = parse_thin_dump_ids(xml)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.get())
-            .collect();
+        let ids: Vec<u32> = parse_thin_dump_ids(xml).unwrap().into_iter().map(|i| i.get()).collect();
         assert_eq!(ids, vec![1, 3]);
         assert!(parse_thin_dump_ids("<device mapped_blocks=\"0\">").is_err());
-        assert!(parse_thin_dump_ids("<superblock></superblock>")
-            .unwrap()
-            .is_empty());
+        assert!(parse_thin_dump_ids("<superblock></superblock>").unwrap().is_empty());
     }
 }

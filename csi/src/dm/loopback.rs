@@ -16,19 +16,12 @@ use crate::config::LoopSpec;
 use crate::units::SECTOR;
 
 fn attach(file: &Path) -> Result<LoopDevice, DmError> {
-    let ctl = LoopControl::open().map_err(DmError::io(
-        "opening /dev/loop-control (is the loop module loaded?)",
-    ))?;
-    let dev = ctl
-        .next_free()
-        .map_err(DmError::io("finding a free loop device"))?;
+    let ctl = LoopControl::open().map_err(DmError::io("opening /dev/loop-control (is the loop module loaded?)"))?;
+    let dev = ctl.next_free().map_err(DmError::io("finding a free loop device"))?;
     dev.with()
         .autoclear(true)
         .attach(file)
-        .map_err(DmError::io(format!(
-            "attaching {} to a loop device",
-            file.display()
-        )))?;
+        .map_err(DmError::io(format!("attaching {} to a loop device", file.display())))?;
     Ok(dev)
 }
 
@@ -48,8 +41,7 @@ pub fn open_or_create(spec: &LoopSpec) -> Result<KernelPool, DmError> {
         Err(DmError::NoSuchPool(_)) => {}
         other => return other,
     }
-    std::fs::create_dir_all(&spec.dir)
-        .map_err(DmError::io(format!("creating {}", spec.dir.display())))?;
+    std::fs::create_dir_all(&spec.dir).map_err(DmError::io(format!("creating {}", spec.dir.display())))?;
     let data = spec.dir.join("data.img");
     let meta = spec.dir.join("metadata.img");
     let fresh = !meta.exists();
@@ -67,19 +59,13 @@ pub fn open_or_create(spec: &LoopSpec) -> Result<KernelPool, DmError> {
             .write(true)
             .open(path)
             .map_err(DmError::io(format!("opening {}", path.display())))?;
-        let len = f
-            .metadata()
-            .map_err(DmError::io(format!("stat {}", path.display())))?
-            .len();
+        let len = f.metadata().map_err(DmError::io(format!("stat {}", path.display())))?.len();
         if len < size {
             // A new file is sparse and reads as zeros: that is a valid empty metadata device.
-            f.set_len(size)
-                .map_err(DmError::io(format!("sizing {}", path.display())))?;
+            f.set_len(size).map_err(DmError::io(format!("sizing {}", path.display())))?;
         }
     }
-    let data_len = std::fs::metadata(&data)
-        .map_err(DmError::io("stat data file"))?
-        .len();
+    let data_len = std::fs::metadata(&data).map_err(DmError::io("stat data file"))?.len();
     let block_sectors = spec.block_bytes / SECTOR;
     let data_sectors = data_len / SECTOR / block_sectors * block_sectors;
     let meta_dev = attach(&meta)?;
@@ -105,15 +91,10 @@ fn create_pool_device(name: &str, sectors: u64, table: &PoolTable) -> Result<(),
     let dm_name = DmName::new(name).map_err(lib_err(format!("pool name {name:?}")))?;
     let uuid = format!("{}POOL-{name}", super::naming::UUID_PREFIX);
     let dm_uuid = DmUuid::new(&uuid).map_err(lib_err(format!("uuid {uuid:?}")))?;
-    dm.device_create(dm_name, Some(dm_uuid), DmOptions::default())
-        .map_err(lib_err(format!("create {name}")))?;
+    dm.device_create(dm_name, Some(dm_uuid), DmOptions::default()).map_err(lib_err(format!("create {name}")))?;
     let id = DevId::Name(dm_name);
     let loaded = dm
-        .table_load(
-            &id,
-            &[(0, sectors, "thin-pool".to_owned(), table.to_string())],
-            DmOptions::default(),
-        )
+        .table_load(&id, &[(0, sectors, "thin-pool".to_owned(), table.to_string())], DmOptions::default())
         .and_then(|_| dm.device_suspend(&id, DmOptions::default()))
         .map_err(lib_err(format!("load thin-pool table {table} into {name}")));
     if loaded.is_err() {
@@ -127,7 +108,6 @@ fn create_pool_device(name: &str, sectors: u64, table: &PoolTable) -> Result<(),
 pub fn deactivate_pool(name: &str) -> Result<(), DmError> {
     let dm = DM::new().map_err(lib_err("opening /dev/mapper/control"))?;
     let dm_name = DmName::new(name).map_err(lib_err(format!("pool name {name:?}")))?;
-    dm.device_remove(&DevId::Name(dm_name), DmOptions::default())
-        .map_err(lib_err(format!("remove {name}")))?;
+    dm.device_remove(&DevId::Name(dm_name), DmOptions::default()).map_err(lib_err(format!("remove {name}")))?;
     Ok(())
 }

@@ -33,18 +33,12 @@ pub fn adopt(vg: &str, lv: &str) -> Result<KernelPool, DmError> {
     let pool = format!("{vg}/{lv}");
     let segtype = tools::lvm("lvs", &["--noheadings", "-o", "segtype", &pool])?;
     if segtype.trim() != "thin-pool" {
-        return Err(DmError::NotAThinPool {
-            name: pool,
-            found: segtype.trim().to_owned(),
-        });
+        return Err(DmError::NotAThinPool { name: pool, found: segtype.trim().to_owned() });
     }
     let lvs = tools::lvm("lvs", &["--noheadings", "-o", "lv_name,pool_lv", vg])?;
     let thin = thin_lvs_of(&lvs, lv);
     if !thin.is_empty() {
-        return Err(DmError::PoolHasLvmThinVolumes {
-            pool,
-            lvs: thin.join(", "),
-        });
+        return Err(DmError::PoolHasLvmThinVolumes { pool, lvs: thin.join(", ") });
     }
     let base = dm_name(vg, lv);
     let open = |name: &str| KernelPool::open(name, PoolKind::DirectLvm, pool.clone());
@@ -72,11 +66,7 @@ pub struct SetupPlan {
 
 pub fn setup_plan(vg_bytes: u64) -> SetupPlan {
     let meta = (vg_bytes / 100).clamp(4 << 20, 16 << 30);
-    SetupPlan {
-        data_percent_of_vg: 95,
-        meta_bytes: meta.div_ceil(1 << 20) << 20,
-        chunk_bytes: 512 << 10,
-    }
+    SetupPlan { data_percent_of_vg: 95, meta_bytes: meta.div_ceil(1 << 20) << 20, chunk_bytes: 512 << 10 }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,62 +86,22 @@ pub fn setup(device: &str, vg: &str, lv: &str, force: bool) -> Result<SetupRepor
     }
     if let Some(signature) = tools::signature(device)? {
         if !force {
-            return Err(DmError::DeviceHasSignature {
-                device: device.to_owned(),
-                signature,
-            });
+            return Err(DmError::DeviceHasSignature { device: device.to_owned(), signature });
         }
         tools::run("wipefs", &["-a", device])?;
     }
-    let pv_args: &[&str] = if force {
-        &["-y", "-ff", device]
-    } else {
-        &["-y", device]
-    };
+    let pv_args: &[&str] = if force { &["-y", "-ff", device] } else { &["-y", device] };
     tools::lvm("pvcreate", pv_args)?;
     tools::lvm("vgcreate", &[vg, device])?;
-    let vg_size = tools::lvm(
-        "vgs",
-        &[
-            "--noheadings",
-            "--nosuffix",
-            "--units",
-            "b",
-            "-o",
-            "vg_size",
-            vg,
-        ],
-    )?;
+    let vg_size = tools::lvm("vgs", &["--noheadings", "--nosuffix", "--units", "b", "-o", "vg_size", vg])?;
     let vg_bytes: u64 = vg_size
         .trim()
         .parse()
         .map_err(|_| DmError::Config(format!("vgs printed an unreadable VG size {vg_size:?}")))?;
     let plan = setup_plan(vg_bytes);
     let meta_lv = format!("{lv}meta");
-    tools::lvm(
-        "lvcreate",
-        &[
-            "-y",
-            "-Wy",
-            "-n",
-            lv,
-            "-l",
-            &format!("{}%VG", plan.data_percent_of_vg),
-            vg,
-        ],
-    )?;
-    tools::lvm(
-        "lvcreate",
-        &[
-            "-y",
-            "-Wy",
-            "-n",
-            &meta_lv,
-            "-L",
-            &format!("{}b", plan.meta_bytes),
-            vg,
-        ],
-    )?;
+    tools::lvm("lvcreate", &["-y", "-Wy", "-n", lv, "-l", &format!("{}%VG", plan.data_percent_of_vg), vg])?;
+    tools::lvm("lvcreate", &["-y", "-Wy", "-n", &meta_lv, "-L", &format!("{}b", plan.meta_bytes), vg])?;
     tools::lvm(
         "lvconvert",
         &[
@@ -166,12 +116,7 @@ pub fn setup(device: &str, vg: &str, lv: &str, force: bool) -> Result<SetupRepor
             &format!("{vg}/{meta_lv}"),
         ],
     )?;
-    Ok(SetupReport {
-        device: device.to_owned(),
-        vg: vg.to_owned(),
-        lv: lv.to_owned(),
-        plan,
-    })
+    Ok(SetupReport { device: device.to_owned(), vg: vg.to_owned(), lv: lv.to_owned(), plan })
 }
 
 #[cfg(test)]
@@ -186,8 +131,7 @@ mod tests {
 
     #[test]
     fn finds_lvm_thin_volumes_of_the_pool() {
-        let out =
-            "  thinpool            \n  lv1      thinpool\n  other    otherpool\n  lv2 thinpool\n";
+        let out = "  thinpool            \n  lv1      thinpool\n  other    otherpool\n  lv2 thinpool\n";
         assert_eq!(thin_lvs_of(out, "thinpool"), vec!["lv1", "lv2"]);
         assert!(thin_lvs_of("  thinpool\n", "thinpool").is_empty());
     }

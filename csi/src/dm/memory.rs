@@ -45,10 +45,7 @@ impl MemoryPool {
             },
             data_blocks: data_bytes / (64 << 10),
             meta_blocks: 1024,
-            state: Mutex::new(State {
-                meta_used: 10,
-                ..State::default()
-            }),
+            state: Mutex::new(State { meta_used: 10, ..State::default() }),
         }
     }
 
@@ -98,10 +95,7 @@ impl MemoryPool {
         let mut st = self.st();
         if let Some(pos) = st.fail_next.iter().position(|(o, _)| *o == op) {
             let (_, errno) = st.fail_next.remove(pos);
-            return Err(DmError::Kernel {
-                op: op.to_owned(),
-                errno,
-            });
+            return Err(DmError::Kernel { op: op.to_owned(), errno });
         }
         Ok(st)
     }
@@ -109,10 +103,7 @@ impl MemoryPool {
     fn message(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, State>, DmError> {
         let mut st = self.step(op)?;
         if st.mode.unwrap_or(PoolMode::Rw) != PoolMode::Rw {
-            return Err(DmError::Kernel {
-                op: op.to_owned(),
-                errno: Errno::EOPNOTSUPP,
-            });
+            return Err(DmError::Kernel { op: op.to_owned(), errno: Errno::EOPNOTSUPP });
         }
         st.messages += 1;
         Ok(st)
@@ -120,10 +111,7 @@ impl MemoryPool {
 }
 
 fn kernel(op: &str, errno: Errno) -> DmError {
-    DmError::Kernel {
-        op: op.to_owned(),
-        errno,
-    }
+    DmError::Kernel { op: op.to_owned(), errno }
 }
 
 impl ThinPool for MemoryPool {
@@ -224,11 +212,7 @@ impl ThinPool for MemoryPool {
         Ok(st
             .active
             .iter()
-            .map(|(id, (_, open))| ActiveThin {
-                id: *id,
-                suspended: false,
-                open_count: *open,
-            })
+            .map(|(id, (_, open))| ActiveThin { id: *id, suspended: false, open_count: *open })
             .collect())
     }
 

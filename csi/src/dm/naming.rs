@@ -8,17 +8,7 @@ pub const UUID_PREFIX: &str = "TPCSI-";
 
 /// A short, dm-safe tag for a pool, taken from its dm name.
 pub fn pool_tag(pool_dm_name: &str) -> String {
-    pool_dm_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(48)
-        .collect()
+    pool_dm_name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).take(48).collect()
 }
 
 pub fn thin_name(tag: &str, id: ThinId) -> String {
@@ -31,10 +21,7 @@ pub fn thin_uuid(tag: &str, id: ThinId) -> String {
 
 /// The thin id in one of our uuids for this pool, or `None` for anyone else's device.
 pub fn parse_thin_uuid(tag: &str, uuid: &str) -> Option<ThinId> {
-    let rest = uuid
-        .strip_prefix(UUID_PREFIX)?
-        .strip_prefix(tag)?
-        .strip_prefix('-')?;
+    let rest = uuid.strip_prefix(UUID_PREFIX)?.strip_prefix(tag)?.strip_prefix('-')?;
     if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -69,23 +69,13 @@ pub struct StatusParseError {
 }
 
 fn err(line: &str, reason: impl Into<String>) -> StatusParseError {
-    StatusParseError {
-        line: line.to_owned(),
-        reason: reason.into(),
-    }
+    StatusParseError { line: line.to_owned(), reason: reason.into() }
 }
 
 fn ratio(line: &str, field: &str, what: &str) -> Result<(u64, u64), StatusParseError> {
-    let (used, total) = field.split_once('/').ok_or_else(|| {
-        err(
-            line,
-            format!("{what} field {field:?} is not <used>/<total>"),
-        )
-    })?;
-    let n = |s: &str| {
-        s.parse::<u64>()
-            .map_err(|_| err(line, format!("{what} field {field:?} is not numeric")))
-    };
+    let (used, total) =
+        field.split_once('/').ok_or_else(|| err(line, format!("{what} field {field:?} is not <used>/<total>")))?;
+    let n = |s: &str| s.parse::<u64>().map_err(|_| err(line, format!("{what} field {field:?} is not numeric")));
     Ok((n(used)?, n(total)?))
 }
 
@@ -96,25 +86,15 @@ impl FromStr for PoolStatus {
         let f: Vec<&str> = line.split_ascii_whitespace().collect();
         match f.as_slice() {
             ["Fail", ..] | ["Error", ..] => return Ok(PoolStatus::Fail),
-            _ if f.len() < 8 => {
-                return Err(err(
-                    line,
-                    format!("expected at least 8 fields, found {}", f.len()),
-                ))
-            }
+            _ if f.len() < 8 => return Err(err(line, format!("expected at least 8 fields, found {}", f.len()))),
             _ => {}
         }
-        let transaction_id = f[0]
-            .parse()
-            .map_err(|_| err(line, "transaction id is not numeric"))?;
+        let transaction_id = f[0].parse().map_err(|_| err(line, "transaction id is not numeric"))?;
         let (meta_used, meta_total) = ratio(line, f[1], "metadata")?;
         let (data_used, data_total) = ratio(line, f[2], "data")?;
         let held_root = match f[3] {
             "-" => None,
-            s => Some(
-                s.parse()
-                    .map_err(|_| err(line, "held metadata root is not numeric"))?,
-            ),
+            s => Some(s.parse().map_err(|_| err(line, "held metadata root is not numeric"))?),
         };
         let mode = match f[4] {
             "rw" => PoolMode::Rw,
@@ -140,10 +120,7 @@ impl FromStr for PoolStatus {
         };
         let meta_low_water = match f.get(8) {
             None => None,
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| err(line, "metadata low water mark is not numeric"))?,
-            ),
+            Some(s) => Some(s.parse().map_err(|_| err(line, "metadata low water mark is not numeric"))?),
         };
         if meta_used > meta_total || data_used > data_total {
             return Err(err(line, "used blocks exceed total blocks"));
@@ -170,11 +147,7 @@ impl fmt::Display for PoolStatus {
             PoolStatus::Fail => return f.write_str("Fail"),
             PoolStatus::Working(s) => s,
         };
-        write!(
-            f,
-            "{} {}/{} {}/{} ",
-            s.transaction_id, s.meta_used, s.meta_total, s.data_used, s.data_total
-        )?;
+        write!(f, "{} {}/{} {}/{} ", s.transaction_id, s.meta_used, s.meta_total, s.data_used, s.data_total)?;
         match s.held_root {
             Some(r) => write!(f, "{r} ")?,
             None => f.write_str("- ")?,
@@ -226,23 +199,14 @@ impl FromStr for PoolTable {
         if f.len() < 4 {
             return Err(err(line, "a thin-pool table has at least 4 fields"));
         }
-        let block_sectors = f[2]
-            .parse()
-            .map_err(|_| err(line, "block size is not numeric"))?;
-        let low_water_blocks = f[3]
-            .parse()
-            .map_err(|_| err(line, "low water mark is not numeric"))?;
+        let block_sectors = f[2].parse().map_err(|_| err(line, "block size is not numeric"))?;
+        let low_water_blocks = f[3].parse().map_err(|_| err(line, "low water mark is not numeric"))?;
         let features = match f.get(4) {
             None => vec![],
             Some(n) => {
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| err(line, "feature count is not numeric"))?;
+                let n: usize = n.parse().map_err(|_| err(line, "feature count is not numeric"))?;
                 if f.len() != 5 + n {
-                    return Err(err(
-                        line,
-                        format!("feature count {n} does not match the fields that follow"),
-                    ));
+                    return Err(err(line, format!("feature count {n} does not match the fields that follow")));
                 }
                 f[5..].iter().map(|s| s.to_string()).collect()
             }
@@ -259,11 +223,7 @@ impl FromStr for PoolTable {
 
 impl fmt::Display for PoolTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {} {}",
-            self.meta_dev, self.data_dev, self.block_sectors, self.low_water_blocks
-        )?;
+        write!(f, "{} {} {} {}", self.meta_dev, self.data_dev, self.block_sectors, self.low_water_blocks)?;
         if !self.features.is_empty() {
             write!(f, " {} {}", self.features.len(), self.features.join(" "))?;
         }
@@ -273,9 +233,7 @@ impl fmt::Display for PoolTable {
 
 /// A thin target's status: `<nr mapped sectors> <highest mapped sector>`, `-` or `Fail`.
 pub fn parse_thin_mapped_sectors(line: &str) -> Option<u64> {
-    line.split_ascii_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
+    line.split_ascii_whitespace().next().and_then(|s| s.parse().ok())
 }
 
 #[cfg(test)]
@@ -286,13 +244,8 @@ mod tests {
     #[test]
     fn parses_what_the_kernel_prints() {
         let lvm = "0 521/5120 0/3672 - rw discard_passdown queue_if_no_space - 1024";
-        let PoolStatus::Working(s) = lvm.parse().unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (s.meta_used, s.meta_total, s.data_used, s.data_total),
-            (521, 5120, 0, 3672)
-        );
+        let PoolStatus::Working(s) = lvm.parse().unwrap() else { panic!() };
+        assert_eq!((s.meta_used, s.meta_total, s.data_used, s.data_total), (521, 5120, 0, 3672));
         assert_eq!(s.mode, PoolMode::Rw);
         assert_eq!(s.meta_low_water, Some(1024));
         assert!(!s.needs_check);
@@ -305,21 +258,11 @@ mod tests {
             "7 10/100 20/200 - rw discard_passdown queue_if_no_space - 12 some_future_field",
         ];
         for line in forms {
-            assert!(
-                matches!(line.parse::<PoolStatus>(), Ok(PoolStatus::Working(_))),
-                "{line}"
-            );
+            assert!(matches!(line.parse::<PoolStatus>(), Ok(PoolStatus::Working(_))), "{line}");
         }
-        let PoolStatus::Working(s) = forms[0].parse().unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (s.mode, s.discard, s.needs_check),
-            (PoolMode::Ro, Discard::Ignore, true)
-        );
-        let PoolStatus::Working(s) = forms[1].parse().unwrap() else {
-            panic!()
-        };
+        let PoolStatus::Working(s) = forms[0].parse().unwrap() else { panic!() };
+        assert_eq!((s.mode, s.discard, s.needs_check), (PoolMode::Ro, Discard::Ignore, true));
+        let PoolStatus::Working(s) = forms[1].parse().unwrap() else { panic!() };
         assert_eq!((s.mode, s.held_root), (PoolMode::OutOfDataSpace, Some(55)));
         assert_eq!("Fail".parse::<PoolStatus>(), Ok(PoolStatus::Fail));
         assert_eq!("Error".parse::<PoolStatus>(), Ok(PoolStatus::Fail));
@@ -351,9 +294,7 @@ mod tests {
         let t: PoolTable = "253:1 253:2 1024 0".parse().unwrap();
         assert!(t.zeroes_new_blocks());
         assert_eq!(t.block_sectors, 1024);
-        assert!("253:1 253:2 1024 0 2 skip_block_zeroing"
-            .parse::<PoolTable>()
-            .is_err());
+        assert!("253:1 253:2 1024 0 2 skip_block_zeroing".parse::<PoolTable>().is_err());
         assert!("253:1 253:2".parse::<PoolTable>().is_err());
     }
 
@@ -370,35 +311,25 @@ mod tests {
             (0u64..1 << 40, 0u64..1 << 40),
             (0u64..1 << 40, 0u64..1 << 40),
             proptest::option::of(any::<u64>()),
-            prop_oneof![
-                Just(PoolMode::Rw),
-                Just(PoolMode::Ro),
-                Just(PoolMode::OutOfDataSpace)
-            ],
-            prop_oneof![
-                Just(Discard::Passdown),
-                Just(Discard::NoPassdown),
-                Just(Discard::Ignore)
-            ],
+            prop_oneof![Just(PoolMode::Rw), Just(PoolMode::Ro), Just(PoolMode::OutOfDataSpace)],
+            prop_oneof![Just(Discard::Passdown), Just(Discard::NoPassdown), Just(Discard::Ignore)],
             prop_oneof![Just(NoSpacePolicy::Error), Just(NoSpacePolicy::Queue)],
             any::<bool>(),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(
-                |(tid, (m1, m2), (d1, d2), held, mode, discard, no_space, nc, lw)| WorkingStatus {
-                    transaction_id: tid,
-                    meta_used: m1.min(m2),
-                    meta_total: m1.max(m2),
-                    data_used: d1.min(d2),
-                    data_total: d1.max(d2),
-                    held_root: held,
-                    mode,
-                    discard,
-                    no_space,
-                    needs_check: nc,
-                    meta_low_water: lw,
-                },
-            )
+            .prop_map(|(tid, (m1, m2), (d1, d2), held, mode, discard, no_space, nc, lw)| WorkingStatus {
+                transaction_id: tid,
+                meta_used: m1.min(m2),
+                meta_total: m1.max(m2),
+                data_used: d1.min(d2),
+                data_total: d1.max(d2),
+                held_root: held,
+                mode,
+                discard,
+                no_space,
+                needs_check: nc,
+                meta_low_water: lw,
+            })
     }
 
     proptest! {

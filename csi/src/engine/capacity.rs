@@ -70,22 +70,14 @@ impl Capacity {
             return Err(r.clone());
         }
         if bytes > self.allowed_new_bytes {
-            return Err(Refusal::Budget {
-                requested: bytes,
-                allowed: self.allowed_new_bytes,
-            });
+            return Err(Refusal::Budget { requested: bytes, allowed: self.allowed_new_bytes });
         }
         Ok(())
     }
 }
 
 /// The pool's capacity from its status, data block size, what is provisioned, and the limits.
-pub fn capacity(
-    status: &PoolStatus,
-    block_bytes: u64,
-    provisioned_bytes: u64,
-    limits: &Limits,
-) -> Capacity {
+pub fn capacity(status: &PoolStatus, block_bytes: u64, provisioned_bytes: u64, limits: &Limits) -> Capacity {
     let PoolStatus::Working(s) = status else {
         return Capacity {
             state: PoolState::Fail,
@@ -118,25 +110,16 @@ pub fn capacity(
     cap.refusal = if s.needs_check {
         Some(Refusal::NeedsCheck)
     } else if cap.state != PoolState::Rw {
-        Some(Refusal::PoolMode {
-            mode: cap.state.to_string(),
-        })
+        Some(Refusal::PoolMode { mode: cap.state.to_string() })
     } else if cap.data_fill_pct() > limits.data_fill_limit_pct {
-        Some(Refusal::DataFill {
-            fill_pct: cap.data_fill_pct(),
-            limit_pct: limits.data_fill_limit_pct,
-        })
+        Some(Refusal::DataFill { fill_pct: cap.data_fill_pct(), limit_pct: limits.data_fill_limit_pct })
     } else if cap.metadata_fill_pct() > limits.meta_fill_limit_pct {
-        Some(Refusal::MetadataFill {
-            fill_pct: cap.metadata_fill_pct(),
-            limit_pct: limits.meta_fill_limit_pct,
-        })
+        Some(Refusal::MetadataFill { fill_pct: cap.metadata_fill_pct(), limit_pct: limits.meta_fill_limit_pct })
     } else {
         None
     };
     if cap.refusal.is_none() {
-        let budget =
-            (cap.data_total_bytes as f64 * limits.overprovision_ratio).min(u64::MAX as f64) as u64;
+        let budget = (cap.data_total_bytes as f64 * limits.overprovision_ratio).min(u64::MAX as f64) as u64;
         cap.allowed_new_bytes = budget.saturating_sub(provisioned_bytes);
     }
     cap
@@ -165,56 +148,26 @@ mod tests {
     }
 
     const BLOCK: u64 = 64 << 10;
-    const LIMITS: Limits = Limits {
-        overprovision_ratio: 2.0,
-        data_fill_limit_pct: 90.0,
-        meta_fill_limit_pct: 80.0,
-    };
+    const LIMITS: Limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
 
     #[test]
     fn budget_is_ratio_times_data_minus_provisioned() {
         // 1 GiB of data (16384 blocks of 64 KiB), ratio 2: 2 GiB budget.
-        let c = capacity(
-            &PoolStatus::Working(status(0, 16384, 10, 1000)),
-            BLOCK,
-            512 << 20,
-            &LIMITS,
-        );
+        let c = capacity(&PoolStatus::Working(status(0, 16384, 10, 1000)), BLOCK, 512 << 20, &LIMITS);
         assert_eq!(c.data_total_bytes, 1 << 30);
         assert_eq!(c.allowed_new_bytes, (2 << 30) - (512 << 20));
         assert!(c.admit(1 << 30).is_ok());
-        assert_eq!(
-            c.admit(2 << 30),
-            Err(Refusal::Budget {
-                requested: 2 << 30,
-                allowed: (2 << 30) - (512 << 20)
-            })
-        );
-        let over = capacity(
-            &PoolStatus::Working(status(0, 16384, 10, 1000)),
-            BLOCK,
-            3 << 30,
-            &LIMITS,
-        );
+        assert_eq!(c.admit(2 << 30), Err(Refusal::Budget { requested: 2 << 30, allowed: (2 << 30) - (512 << 20) }));
+        let over = capacity(&PoolStatus::Working(status(0, 16384, 10, 1000)), BLOCK, 3 << 30, &LIMITS);
         assert_eq!(over.allowed_new_bytes, 0);
     }
 
     #[test]
     fn fill_limits_and_modes_stop_provisioning() {
-        let full = capacity(
-            &PoolStatus::Working(status(15000, 16384, 10, 1000)),
-            BLOCK,
-            0,
-            &LIMITS,
-        );
+        let full = capacity(&PoolStatus::Working(status(15000, 16384, 10, 1000)), BLOCK, 0, &LIMITS);
         assert!(matches!(full.refusal, Some(Refusal::DataFill { .. })));
         assert_eq!(full.allowed_new_bytes, 0);
-        let meta = capacity(
-            &PoolStatus::Working(status(0, 16384, 900, 1000)),
-            BLOCK,
-            0,
-            &LIMITS,
-        );
+        let meta = capacity(&PoolStatus::Working(status(0, 16384, 900, 1000)), BLOCK, 0, &LIMITS);
         assert!(matches!(meta.refusal, Some(Refusal::MetadataFill { .. })));
         let mut ro = status(0, 16384, 10, 1000);
         ro.mode = PoolMode::Ro;
@@ -223,15 +176,9 @@ mod tests {
         assert_eq!(c.admit(1), Err(Refusal::PoolMode { mode: "ro".into() }));
         ro.needs_check = true;
         let c = capacity(&PoolStatus::Working(ro), BLOCK, 0, &LIMITS);
-        assert_eq!(
-            (c.state, c.admit(1)),
-            (PoolState::NeedsCheck, Err(Refusal::NeedsCheck))
-        );
+        assert_eq!((c.state, c.admit(1)), (PoolState::NeedsCheck, Err(Refusal::NeedsCheck)));
         let f = capacity(&PoolStatus::Fail, BLOCK, 7, &LIMITS);
-        assert_eq!(
-            (f.state, f.allowed_new_bytes, f.provisioned_bytes),
-            (PoolState::Fail, 0, 7)
-        );
+        assert_eq!((f.state, f.allowed_new_bytes, f.provisioned_bytes), (PoolState::Fail, 0, 7));
         let mut oods = status(16384, 16384, 10, 1000);
         oods.mode = PoolMode::OutOfDataSpace;
         let c = capacity(&PoolStatus::Working(oods), BLOCK, 0, &LIMITS);
@@ -241,12 +188,7 @@ mod tests {
     #[test]
     fn exactly_at_the_limit_is_still_allowed() {
         // 80 % metadata exactly is at, not above, the limit.
-        let c = capacity(
-            &PoolStatus::Working(status(0, 100, 800, 1000)),
-            BLOCK,
-            0,
-            &LIMITS,
-        );
+        let c = capacity(&PoolStatus::Working(status(0, 100, 800, 1000)), BLOCK, 0, &LIMITS);
         assert_eq!(c.refusal, None);
         assert_eq!(c.metadata_fill_pct(), 80.0);
     }

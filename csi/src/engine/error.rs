@@ -34,11 +34,7 @@ pub enum EngineError {
     #[error("{kind} {name} not found")]
     NotFound { kind: Kind, name: Name },
     #[error("{kind} {name} already exists with other parameters: {reason}")]
-    AlreadyExists {
-        kind: Kind,
-        name: Name,
-        reason: String,
-    },
+    AlreadyExists { kind: Kind, name: Name, reason: String },
     #[error("not enough room in the pool: {0}")]
     ResourceExhausted(#[from] Refusal),
     #[error("{kind} {name} is in use (open or mounted); unmount it first")]

@@ -97,10 +97,7 @@ pub struct Engine<P: ThinPool> {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn check_size(bytes: u64) -> Result<(), EngineError> {
@@ -113,18 +110,11 @@ fn check_size(bytes: u64) -> Result<(), EngineError> {
     } else {
         return Ok(());
     };
-    Err(EngineError::InvalidSize {
-        bytes,
-        reason: reason.to_owned(),
-    })
+    Err(EngineError::InvalidSize { bytes, reason: reason.to_owned() })
 }
 
 /// Logs one line for an operation with its name, outcome and duration.
-fn logged<T>(
-    op: &str,
-    name: &str,
-    f: impl FnOnce() -> Result<T, EngineError>,
-) -> Result<T, EngineError> {
+fn logged<T>(op: &str, name: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
     let start = Instant::now();
     let r = f();
     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -138,17 +128,8 @@ fn logged<T>(
 impl<P: ThinPool> Engine<P> {
     /// Opens the engine: adopts a new pool or checks it is the store's, recovers interrupted
     /// changes, resumes devices a crash left suspended, retries deferred deletes, and sweeps.
-    pub fn open(
-        pool: P,
-        store: Store,
-        limits: Limits,
-    ) -> Result<(Self, StartupReport), EngineError> {
-        let engine = Engine {
-            pool,
-            store,
-            limits,
-            writer: Mutex::new(()),
-        };
+    pub fn open(pool: P, store: Store, limits: Limits) -> Result<(Self, StartupReport), EngineError> {
+        let engine = Engine { pool, store, limits, writer: Mutex::new(()) };
         let report = engine.start_up()?;
         Ok((engine, report))
     }
@@ -158,10 +139,7 @@ impl<P: ThinPool> Engine<P> {
         let mut report = StartupReport::default();
         let info = self.pool.info().clone();
         if !info.zeroes_new_blocks {
-            return Err(crate::dm::DmError::UnzeroedPool {
-                pool: info.source.clone(),
-            }
-            .into());
+            return Err(crate::dm::DmError::UnzeroedPool { pool: info.source.clone() }.into());
         }
         let identity = format!("{}:{}", info.kind, info.source);
         let status = match self.pool.status()? {
@@ -249,22 +227,12 @@ impl<P: ThinPool> Engine<P> {
 
     pub fn capacity(&self) -> Result<Capacity, EngineError> {
         let status = self.pool.status()?;
-        Ok(capacity::capacity(
-            &status,
-            self.pool.info().block_bytes(),
-            self.provisioned_bytes()?,
-            &self.limits,
-        ))
+        Ok(capacity::capacity(&status, self.pool.info().block_bytes(), self.provisioned_bytes()?, &self.limits))
     }
 
     pub fn report(&self) -> Result<PoolReport, EngineError> {
         let status = self.pool.status()?;
-        let cap = capacity::capacity(
-            &status,
-            self.pool.info().block_bytes(),
-            self.provisioned_bytes()?,
-            &self.limits,
-        );
+        let cap = capacity::capacity(&status, self.pool.info().block_bytes(), self.provisioned_bytes()?, &self.limits);
         Ok(PoolReport {
             info: self.pool.info().clone(),
             status,
@@ -280,12 +248,7 @@ impl<P: ThinPool> Engine<P> {
     }
 
     fn must_get(&self, kind: Kind, name: &Name) -> Result<Record, EngineError> {
-        self.store
-            .get(kind, name)?
-            .ok_or_else(|| EngineError::NotFound {
-                kind,
-                name: name.clone(),
-            })
+        self.store.get(kind, name)?.ok_or_else(|| EngineError::NotFound { kind, name: name.clone() })
     }
 
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Record>, EngineError> {
@@ -298,12 +261,7 @@ impl<P: ThinPool> Engine<P> {
 
     /// Creates volume `name` of `size_bytes`: empty, or from `source` (restore from a snapshot,
     /// clone of a volume; the size may be larger than the source's).
-    pub fn create_volume(
-        &self,
-        name: &str,
-        size_bytes: u64,
-        source: Option<Source>,
-    ) -> Result<Made, EngineError> {
+    pub fn create_volume(&self, name: &str, size_bytes: u64, source: Option<Source>) -> Result<Made, EngineError> {
         logged("create_volume", name, || {
             let name = Name::new(name)?;
             check_size(size_bytes)?;
@@ -319,10 +277,7 @@ impl<P: ThinPool> Engine<P> {
                     reason: format!(
                         "it was made with size {} from {}",
                         existing.requested_bytes,
-                        existing
-                            .source
-                            .as_ref()
-                            .map_or("nothing".to_owned(), |s| s.to_string())
+                        existing.source.as_ref().map_or("nothing".to_owned(), |s| s.to_string())
                     ),
                 });
             }
@@ -337,10 +292,7 @@ impl<P: ThinPool> Engine<P> {
                     if size_bytes < r.size_bytes {
                         return Err(EngineError::InvalidSize {
                             bytes: size_bytes,
-                            reason: format!(
-                                "smaller than its source {src} ({} bytes)",
-                                r.size_bytes
-                            ),
+                            reason: format!("smaller than its source {src} ({} bytes)", r.size_bytes),
                         });
                     }
                     Some(r.thin_id)
@@ -378,26 +330,22 @@ impl<P: ThinPool> Engine<P> {
                     name,
                     reason: format!(
                         "it is a snapshot of {}",
-                        existing
-                            .source
-                            .as_ref()
-                            .map_or("nothing".to_owned(), |s| s.to_string())
+                        existing.source.as_ref().map_or("nothing".to_owned(), |s| s.to_string())
                     ),
                 });
             }
             let origin = self.must_get(Kind::Volume, &source)?;
             self.admit(origin.size_bytes)?;
             let created = now_unix();
-            let record =
-                self.create_device("snapshot", Some(origin.thin_id), |thin_id| Record {
-                    name,
-                    kind: Kind::Snapshot,
-                    thin_id,
-                    size_bytes: origin.size_bytes,
-                    requested_bytes: origin.size_bytes,
-                    source: wanted,
-                    created_unix: created,
-                })?;
+            let record = self.create_device("snapshot", Some(origin.thin_id), |thin_id| Record {
+                name,
+                kind: Kind::Snapshot,
+                thin_id,
+                size_bytes: origin.size_bytes,
+                requested_bytes: origin.size_bytes,
+                source: wanted,
+                created_unix: created,
+            })?;
             Ok(Made::Created(record))
         })
     }
@@ -405,23 +353,15 @@ impl<P: ThinPool> Engine<P> {
     /// Deletes a volume or snapshot. Unknown names are success (`NotFound` outcome); an open
     /// device is deleted later (`Deferred`), and its name is free at once.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<DeleteOutcome, EngineError> {
-        logged(
-            if kind == Kind::Volume {
-                "delete_volume"
-            } else {
-                "delete_snapshot"
-            },
-            name,
-            || {
-                let name = Name::new(name)?;
-                let _w = self.lock();
-                self.recover_open_intents()?;
-                match self.store.get(kind, &name)? {
-                    None => Ok(DeleteOutcome::NotFound),
-                    Some(record) => self.delete_record(kind, &record),
-                }
-            },
-        )
+        logged(if kind == Kind::Volume { "delete_volume" } else { "delete_snapshot" }, name, || {
+            let name = Name::new(name)?;
+            let _w = self.lock();
+            self.recover_open_intents()?;
+            match self.store.get(kind, &name)? {
+                None => Ok(DeleteOutcome::NotFound),
+                Some(record) => self.delete_record(kind, &record),
+            }
+        })
     }
 
     /// Grows volume `name` to `size_bytes` (the thin device; the filesystem is the node's job).
@@ -464,10 +404,7 @@ impl<P: ThinPool> Engine<P> {
             let _w = self.lock();
             let r = self.must_get(kind, &name)?;
             self.pool.deactivate(r.thin_id).map_err(|e| match e {
-                crate::dm::DmError::Busy(_) => EngineError::Busy {
-                    kind,
-                    name: name.clone(),
-                },
+                crate::dm::DmError::Busy(_) => EngineError::Busy { kind, name: name.clone() },
                 e => e.into(),
             })
         })
@@ -497,8 +434,7 @@ impl<P: ThinPool> Engine<P> {
     }
 
     fn check_locked(&self) -> Result<CheckReport, EngineError> {
-        let in_pool: std::collections::BTreeSet<ThinId> =
-            self.pool.thin_ids()?.into_iter().collect();
+        let in_pool: std::collections::BTreeSet<ThinId> = self.pool.thin_ids()?.into_iter().collect();
         let mut recorded = std::collections::BTreeSet::new();
         for r in self
             .store
@@ -511,8 +447,7 @@ impl<P: ThinPool> Engine<P> {
         }
         let intents = self.store.intents()?;
         // An open create's id may or may not be in the pool yet: neither orphan nor missing.
-        let pending: std::collections::BTreeSet<ThinId> =
-            intents.iter().map(|i| i.record.thin_id).collect();
+        let pending: std::collections::BTreeSet<ThinId> = intents.iter().map(|i| i.record.thin_id).collect();
         Ok(CheckReport {
             pool_transaction_id: self.pool_tid()?,
             store_transaction_id: self.store.pool_tid()?,

@@ -55,11 +55,7 @@ mod tests {
             (Op::Create, 0, 1, Action::RollBack),
         ];
         for (op, pool, intent, want) in table {
-            assert_eq!(
-                decide(op, pool, intent),
-                want,
-                "{op:?} pool={pool} intent={intent}"
-            );
+            assert_eq!(decide(op, pool, intent), want, "{op:?} pool={pool} intent={intent}");
         }
     }
 }

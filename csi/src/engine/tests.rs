@@ -13,11 +13,7 @@ const GIB: u64 = 1 << 30;
 fn engine_with(pool: MemoryPool) -> (Engine<MemoryPool>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let limits = Limits {
-        overprovision_ratio: 2.0,
-        data_fill_limit_pct: 90.0,
-        meta_fill_limit_pct: 80.0,
-    };
+    let limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
     let (e, report) = Engine::open(pool, store, limits).unwrap();
     assert!(report.adopted_new_pool);
     (e, dir)
@@ -39,15 +35,9 @@ fn create_is_idempotent_by_name_and_parameters() {
     assert!(matches!(a, Made::Created(_)));
     let b = e.create_volume("v1", GIB, None).unwrap();
     assert_eq!(b, Made::Existing(a.record().clone()));
-    assert!(matches!(
-        e.create_volume("v1", 2 * GIB, None),
-        Err(EngineError::AlreadyExists { .. })
-    ));
+    assert!(matches!(e.create_volume("v1", 2 * GIB, None), Err(EngineError::AlreadyExists { .. })));
     let other_source = Some(Source::Volume(Name::new("v1").unwrap()));
-    assert!(matches!(
-        e.create_volume("v1", GIB, other_source),
-        Err(EngineError::AlreadyExists { .. })
-    ));
+    assert!(matches!(e.create_volume("v1", GIB, other_source), Err(EngineError::AlreadyExists { .. })));
     assert_eq!(e.pool().transaction_id(), 1);
     assert_clean(&e);
 }
@@ -59,46 +49,23 @@ fn snapshot_restore_clone_and_delete() {
     let s = e.create_snapshot("snap", "base").unwrap().record().clone();
     assert_eq!(s.size_bytes, GIB);
     assert_eq!(s.source, Some(Source::Volume(v.name.clone())));
-    assert!(matches!(
-        e.create_snapshot("snap", "base"),
-        Ok(Made::Existing(_))
-    ));
+    assert!(matches!(e.create_snapshot("snap", "base"), Ok(Made::Existing(_))));
     e.create_volume("other", GIB, None).unwrap();
-    assert!(matches!(
-        e.create_snapshot("snap", "other"),
-        Err(EngineError::AlreadyExists { .. })
-    ));
-    assert!(matches!(
-        e.create_snapshot("s2", "missing"),
-        Err(EngineError::NotFound { .. })
-    ));
+    assert!(matches!(e.create_snapshot("snap", "other"), Err(EngineError::AlreadyExists { .. })));
+    assert!(matches!(e.create_snapshot("s2", "missing"), Err(EngineError::NotFound { .. })));
 
     let from_snap = Some(Source::Snapshot(Name::new("snap").unwrap()));
-    let r = e
-        .create_volume("restored", 2 * GIB, from_snap.clone())
-        .unwrap();
+    let r = e.create_volume("restored", 2 * GIB, from_snap.clone()).unwrap();
     assert_eq!(r.record().size_bytes, 2 * GIB);
-    assert!(matches!(
-        e.create_volume("small", GIB / 2, from_snap),
-        Err(EngineError::InvalidSize { .. })
-    ));
+    assert!(matches!(e.create_volume("small", GIB / 2, from_snap), Err(EngineError::InvalidSize { .. })));
     let clone = Some(Source::Volume(Name::new("base").unwrap()));
     e.create_volume("clone", GIB, clone).unwrap();
 
     // A snapshot outlives its origin.
-    assert_eq!(
-        e.delete(Kind::Volume, "base").unwrap(),
-        DeleteOutcome::Deleted
-    );
+    assert_eq!(e.delete(Kind::Volume, "base").unwrap(), DeleteOutcome::Deleted);
     assert!(e.get(Kind::Snapshot, "snap").unwrap().is_some());
-    assert_eq!(
-        e.delete(Kind::Volume, "base").unwrap(),
-        DeleteOutcome::NotFound
-    );
-    assert_eq!(
-        e.delete(Kind::Snapshot, "snap").unwrap(),
-        DeleteOutcome::Deleted
-    );
+    assert_eq!(e.delete(Kind::Volume, "base").unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(e.delete(Kind::Snapshot, "snap").unwrap(), DeleteOutcome::Deleted);
     assert_clean(&e);
     assert_eq!(e.list(Kind::Volume).unwrap().len(), 3);
 }
@@ -108,30 +75,12 @@ fn bad_input_is_refused_and_changes_nothing() {
     let (e, _d) = engine();
     let before = e.pool().message_count();
     for size in [0, 1, 511, 513, MAX_DEVICE_BYTES + 512] {
-        assert!(
-            matches!(
-                e.create_volume("v", size, None),
-                Err(EngineError::InvalidSize { .. })
-            ),
-            "{size}"
-        );
+        assert!(matches!(e.create_volume("v", size, None), Err(EngineError::InvalidSize { .. })), "{size}");
     }
     for name in ["", "a/b", "..", "a\0b", &"x".repeat(129)] {
-        assert!(
-            matches!(
-                e.create_volume(name, GIB, None),
-                Err(EngineError::InvalidName(_))
-            ),
-            "{name:?}"
-        );
-        assert!(matches!(
-            e.create_snapshot(name, "v"),
-            Err(EngineError::InvalidName(_))
-        ));
-        assert!(matches!(
-            e.delete(Kind::Volume, name),
-            Err(EngineError::InvalidName(_))
-        ));
+        assert!(matches!(e.create_volume(name, GIB, None), Err(EngineError::InvalidName(_))), "{name:?}");
+        assert!(matches!(e.create_snapshot(name, "v"), Err(EngineError::InvalidName(_))));
+        assert!(matches!(e.delete(Kind::Volume, name), Err(EngineError::InvalidName(_))));
     }
     // Larger than the pool's budget (10 GiB data x 2).
     assert!(matches!(
@@ -148,25 +97,15 @@ fn admission_follows_budget_fill_and_mode() {
     let (e, _d) = engine();
     e.create_volume("a", 15 * GIB, None).unwrap();
     // 20 GiB budget, 15 provisioned: a 6 GiB snapshot of nothing fits no more.
-    assert!(matches!(
-        e.create_volume("b", 6 * GIB, None),
-        Err(EngineError::ResourceExhausted(_))
-    ));
-    assert!(matches!(
-        e.create_snapshot("s", "a"),
-        Err(EngineError::ResourceExhausted(_))
-    ));
+    assert!(matches!(e.create_volume("b", 6 * GIB, None), Err(EngineError::ResourceExhausted(_))));
+    assert!(matches!(e.create_snapshot("s", "a"), Err(EngineError::ResourceExhausted(_))));
     e.create_volume("b", 5 * GIB, None).unwrap();
     assert_eq!(e.capacity().unwrap().allowed_new_bytes, 0);
     e.delete(Kind::Volume, "b").unwrap();
     assert_eq!(e.capacity().unwrap().allowed_new_bytes, 5 * GIB);
 
-    e.pool()
-        .set_data_used_blocks(10 * GIB / (64 << 10) * 95 / 100);
-    assert!(matches!(
-        e.create_volume("c", GIB, None),
-        Err(EngineError::ResourceExhausted(Refusal::DataFill { .. }))
-    ));
+    e.pool().set_data_used_blocks(10 * GIB / (64 << 10) * 95 / 100);
+    assert!(matches!(e.create_volume("c", GIB, None), Err(EngineError::ResourceExhausted(Refusal::DataFill { .. }))));
     e.pool().set_data_used_blocks(0);
     e.pool().set_meta_used_blocks(900);
     assert!(matches!(
@@ -175,16 +114,10 @@ fn admission_follows_budget_fill_and_mode() {
     ));
     e.pool().set_meta_used_blocks(10);
     e.pool().set_mode(PoolMode::Ro);
-    assert!(matches!(
-        e.create_volume("c", GIB, None),
-        Err(EngineError::ResourceExhausted(Refusal::PoolMode { .. }))
-    ));
+    assert!(matches!(e.create_volume("c", GIB, None), Err(EngineError::ResourceExhausted(Refusal::PoolMode { .. }))));
     e.pool().set_mode(PoolMode::Rw);
     e.pool().set_needs_check(true);
-    assert!(matches!(
-        e.create_volume("c", GIB, None),
-        Err(EngineError::ResourceExhausted(Refusal::NeedsCheck))
-    ));
+    assert!(matches!(e.create_volume("c", GIB, None), Err(EngineError::ResourceExhausted(Refusal::NeedsCheck))));
 }
 
 #[test]
@@ -195,23 +128,11 @@ fn expand_grows_and_refuses_to_shrink() {
     e.activate(Kind::Volume, "v").unwrap();
     assert_eq!(e.expand_volume("v", 2 * GIB).unwrap().size_bytes, 2 * GIB);
     assert_eq!(e.expand_volume("v", 2 * GIB).unwrap().size_bytes, 2 * GIB);
-    assert!(matches!(
-        e.expand_volume("v", GIB),
-        Err(EngineError::InvalidSize { .. })
-    ));
-    assert!(matches!(
-        e.expand_volume("v", 100 * GIB),
-        Err(EngineError::ResourceExhausted(_))
-    ));
-    assert!(matches!(
-        e.expand_volume("nope", 2 * GIB),
-        Err(EngineError::NotFound { .. })
-    ));
+    assert!(matches!(e.expand_volume("v", GIB), Err(EngineError::InvalidSize { .. })));
+    assert!(matches!(e.expand_volume("v", 100 * GIB), Err(EngineError::ResourceExhausted(_))));
+    assert!(matches!(e.expand_volume("nope", 2 * GIB), Err(EngineError::NotFound { .. })));
     // The requested size still identifies the create call.
-    assert!(matches!(
-        e.create_volume("v", GIB, None),
-        Ok(Made::Existing(_))
-    ));
+    assert!(matches!(e.create_volume("v", GIB, None), Ok(Made::Existing(_))));
 }
 
 #[test]
@@ -221,14 +142,8 @@ fn deletes_of_open_devices_are_deferred_and_finished_later() {
     let id = e.get(Kind::Volume, "v").unwrap().unwrap().thin_id;
     e.activate(Kind::Volume, "v").unwrap();
     e.pool().set_open(id, 1);
-    assert!(matches!(
-        e.deactivate(Kind::Volume, "v"),
-        Err(EngineError::Busy { .. })
-    ));
-    assert_eq!(
-        e.delete(Kind::Volume, "v").unwrap(),
-        DeleteOutcome::Deferred
-    );
+    assert!(matches!(e.deactivate(Kind::Volume, "v"), Err(EngineError::Busy { .. })));
+    assert_eq!(e.delete(Kind::Volume, "v").unwrap(), DeleteOutcome::Deferred);
     // The name is free at once; the old device is still counted until it is gone.
     assert!(e.get(Kind::Volume, "v").unwrap().is_none());
     assert_eq!(e.provisioned_bytes().unwrap(), GIB);
@@ -245,10 +160,7 @@ fn deletes_of_open_devices_are_deferred_and_finished_later() {
 fn a_failed_message_leaves_nothing_behind() {
     let (e, _d) = engine();
     e.pool().fail_next("create_thin", Errno::ENOSPC);
-    assert!(matches!(
-        e.create_volume("v", GIB, None),
-        Err(EngineError::Dm(_))
-    ));
+    assert!(matches!(e.create_volume("v", GIB, None), Err(EngineError::Dm(_))));
     assert!(e.store.intents().unwrap().is_empty());
     assert_eq!(e.pool().transaction_id(), 0);
     e.create_volume("v", GIB, None).unwrap();
@@ -288,11 +200,7 @@ fn recovery_after_every_step() {
                     e.store
                         .begin_create(t + 1, origin, |thin_id| Record {
                             name: Name::new("new").unwrap(),
-                            kind: if origin.is_some() {
-                                Kind::Snapshot
-                            } else {
-                                Kind::Volume
-                            },
+                            kind: if origin.is_some() { Kind::Snapshot } else { Kind::Volume },
                             thin_id,
                             size_bytes: GIB,
                             requested_bytes: GIB,
@@ -319,14 +227,11 @@ fn recovery_after_every_step() {
             let (e, report) = Engine::open(pool, Store::open(dir.path()).unwrap(), limits).unwrap();
             assert_eq!(report.recovered_intents, 1, "{op} step {step}");
             assert_clean(&e);
-            let new_exists = e.get(Kind::Volume, "new").unwrap().is_some()
-                || e.get(Kind::Snapshot, "new").unwrap().is_some();
+            let new_exists =
+                e.get(Kind::Volume, "new").unwrap().is_some() || e.get(Kind::Snapshot, "new").unwrap().is_some();
             let base_exists = e.get(Kind::Volume, "base").unwrap().is_some();
             match op {
-                "delete" => assert!(
-                    !base_exists,
-                    "a begun delete is carried through (step {step})"
-                ),
+                "delete" => assert!(!base_exists, "a begun delete is carried through (step {step})"),
                 _ => assert_eq!(new_exists, step == 3, "{op} step {step}"),
             }
             assert!(e.store.intents().unwrap().is_empty());
@@ -372,11 +277,7 @@ fn orphans_are_reported_not_deleted() {
     let c = e.check().unwrap();
     assert_eq!(c.orphan_thin_ids, vec![ThinId::new(999).unwrap()]);
     assert!(!c.is_clean());
-    assert!(e
-        .pool()
-        .thin_ids()
-        .unwrap()
-        .contains(&ThinId::new(999).unwrap()));
+    assert!(e.pool().thin_ids().unwrap().contains(&ThinId::new(999).unwrap()));
 }
 
 #[test]

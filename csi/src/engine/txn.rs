@@ -44,9 +44,7 @@ impl<P: ThinPool> Engine<P> {
     pub(super) fn pool_tid(&self) -> Result<u64, EngineError> {
         match self.pool.status()? {
             PoolStatus::Working(s) => Ok(s.transaction_id),
-            PoolStatus::Fail => Err(EngineError::ResourceExhausted(
-                super::error::Refusal::PoolFailed,
-            )),
+            PoolStatus::Fail => Err(EngineError::ResourceExhausted(super::error::Refusal::PoolFailed)),
         }
     }
 
@@ -162,11 +160,7 @@ impl<P: ThinPool> Engine<P> {
     }
 
     /// Moves a record to the deleting table and deletes it.
-    pub(super) fn delete_record(
-        &self,
-        kind: Kind,
-        record: &Record,
-    ) -> Result<DeleteOutcome, EngineError> {
+    pub(super) fn delete_record(&self, kind: Kind, record: &Record) -> Result<DeleteOutcome, EngineError> {
         let record = self.store.mark_deleting(kind, &record.name)?;
         self.finish_delete(record)
     }

@@ -11,11 +11,7 @@ use crate::tools;
 pub struct LinuxMounter;
 
 fn sys<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(nix::Error) -> MountError + 'a {
-    move |source| MountError::Sys {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| MountError::Sys { op, path: path.to_owned(), source }
 }
 
 /// Splits options into mount(2) flags and the filesystem's data string.
@@ -42,11 +38,8 @@ fn split_options(options: &[String]) -> (MsFlags, String) {
 
 impl Mounter for LinuxMounter {
     fn mounted(&self, target: &Path) -> Result<Option<Mounted>, MountError> {
-        let text =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| MountError::Io {
-                what: "reading /proc/self/mountinfo".into(),
-                source,
-            })?;
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|source| MountError::Io { what: "reading /proc/self/mountinfo".into(), source })?;
         let entries = mountinfo::parse(&text);
         Ok(mountinfo::find(&entries, target).map(|e| Mounted {
             source: e.source.clone(),
@@ -64,36 +57,20 @@ impl Mounter for LinuxMounter {
         match fs {
             // lazy_itable_init: do not zero inode tables up front (the pool reads unwritten
             // blocks as zeros anyway); nodiscard: a new thin device has nothing to discard.
-            FsType::Ext4 => tools::run(
-                "mkfs.ext4",
-                &["-q", "-F", "-E", "lazy_itable_init=1,nodiscard", &dev],
-            )?,
+            FsType::Ext4 => tools::run("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=1,nodiscard", &dev])?,
             FsType::Xfs => tools::run("mkfs.xfs", &["-q", "-f", "-K", &dev])?,
         };
         Ok(())
     }
 
-    fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fs: FsType,
-        options: &[String],
-    ) -> Result<(), MountError> {
+    fn mount(&self, device: &Path, target: &Path, fs: FsType, options: &[String]) -> Result<(), MountError> {
         let (flags, data) = split_options(options);
         let data = (!data.is_empty()).then_some(data.as_str());
         mount(Some(device), target, Some(fs.as_str()), flags, data).map_err(sys("mount", target))
     }
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
-        mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys("bind mount", target))?;
+        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys("bind mount", target))?;
         if read_only {
             // A bind mount takes MS_RDONLY only on a remount.
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -138,29 +115,19 @@ impl Mounter for LinuxMounter {
 
     fn device_size(&self, device: &Path) -> Result<u64, MountError> {
         use std::io::Seek;
-        let mut f = std::fs::File::open(device).map_err(|source| MountError::Io {
-            what: format!("opening {}", device.display()),
-            source,
-        })?;
+        let mut f = std::fs::File::open(device)
+            .map_err(|source| MountError::Io { what: format!("opening {}", device.display()), source })?;
         f.seek(std::io::SeekFrom::End(0))
-            .map_err(|source| MountError::Io {
-                what: format!("sizing {}", device.display()),
-                source,
-            })
+            .map_err(|source| MountError::Io { what: format!("sizing {}", device.display()), source })
     }
 
     fn make_dir(&self, path: &Path) -> Result<(), MountError> {
-        std::fs::create_dir_all(path).map_err(|source| MountError::Io {
-            what: format!("creating {}", path.display()),
-            source,
-        })
+        std::fs::create_dir_all(path)
+            .map_err(|source| MountError::Io { what: format!("creating {}", path.display()), source })
     }
 
     fn make_file(&self, path: &Path) -> Result<(), MountError> {
-        let io = |source| MountError::Io {
-            what: format!("creating {}", path.display()),
-            source,
-        };
+        let io = |source| MountError::Io { what: format!("creating {}", path.display()), source };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -170,10 +137,7 @@ impl Mounter for LinuxMounter {
             .write(true)
             .open(path)
             .map(drop)
-            .map_err(|source| MountError::Io {
-                what: format!("creating {}", path.display()),
-                source,
-            })
+            .map_err(|source| MountError::Io { what: format!("creating {}", path.display()), source })
     }
 
     fn remove_target(&self, path: &Path) -> Result<(), MountError> {
@@ -183,10 +147,7 @@ impl Mounter for LinuxMounter {
             Ok(m) if m.is_dir() => std::fs::remove_dir(path),
             Ok(_) => std::fs::remove_file(path),
         };
-        r.map_err(|source| MountError::Io {
-            what: format!("removing {}", path.display()),
-            source,
-        })
+        r.map_err(|source| MountError::Io { what: format!("removing {}", path.display()), source })
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -200,12 +161,7 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let (f, d) = split_options(&[
-            "ro".into(),
-            "noatime".into(),
-            "nouuid".into(),
-            "discard".into(),
-        ]);
+        let (f, d) = split_options(&["ro".into(), "noatime".into(), "nouuid".into(), "discard".into()]);
         assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME));
         assert_eq!(d, "nouuid,discard");
         let (f, d) = split_options(&[]);

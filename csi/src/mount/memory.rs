@@ -26,9 +26,7 @@ impl MemoryMounter {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
     pub fn set_signature(&self, device: &Path, sig: &str) {
-        self.st()
-            .signatures
-            .insert(device.to_owned(), sig.to_owned());
+        self.st().signatures.insert(device.to_owned(), sig.to_owned());
     }
     pub fn set_device_size(&self, device: &Path, bytes: u64) {
         self.st().sizes.insert(device.to_owned(), bytes);
@@ -54,17 +52,10 @@ impl Mounter for MemoryMounter {
     fn format(&self, device: &Path, fs: FsType) -> Result<(), MountError> {
         let mut st = self.st();
         st.formats += 1;
-        st.signatures
-            .insert(device.to_owned(), fs.as_str().to_owned());
+        st.signatures.insert(device.to_owned(), fs.as_str().to_owned());
         Ok(())
     }
-    fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fs: FsType,
-        options: &[String],
-    ) -> Result<(), MountError> {
+    fn mount(&self, device: &Path, target: &Path, fs: FsType, options: &[String]) -> Result<(), MountError> {
         let mounted = Mounted {
             source: device.display().to_string(),
             fstype: fs.as_str().to_owned(),
@@ -75,18 +66,8 @@ impl Mounter for MemoryMounter {
     }
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
         let mut st = self.st();
-        let fstype = st
-            .mounts
-            .get(source)
-            .map_or("devtmpfs".to_owned(), |m| m.fstype.clone());
-        st.mounts.insert(
-            target.to_owned(),
-            Mounted {
-                source: source.display().to_string(),
-                fstype,
-                read_only,
-            },
-        );
+        let fstype = st.mounts.get(source).map_or("devtmpfs".to_owned(), |m| m.fstype.clone());
+        st.mounts.insert(target.to_owned(), Mounted { source: source.display().to_string(), fstype, read_only });
         Ok(())
     }
     fn unmount(&self, target: &Path) -> Result<(), MountError> {

@@ -83,11 +83,7 @@ pub enum MountError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("{device} holds {found}, not a {wanted} filesystem; it will not be reformatted")]
-    WrongFilesystem {
-        device: String,
-        found: String,
-        wanted: String,
-    },
+    WrongFilesystem { device: String, found: String, wanted: String },
 }
 
 pub trait Mounter: Send + Sync {
@@ -97,13 +93,7 @@ pub trait Mounter: Send + Sync {
     fn signature(&self, device: &Path) -> Result<Option<String>, MountError>;
     fn format(&self, device: &Path, fs: FsType) -> Result<(), MountError>;
     /// Mounts a filesystem with `options` (the caller's flags plus `ro` when asked).
-    fn mount(
-        &self,
-        device: &Path,
-        target: &Path,
-        fs: FsType,
-        options: &[String],
-    ) -> Result<(), MountError>;
+    fn mount(&self, device: &Path, target: &Path, fs: FsType, options: &[String]) -> Result<(), MountError>;
     /// Bind-mounts `source` onto `target`, read-only when asked.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError>;
     /// Unmounts `target`; not mounted is success.
@@ -143,14 +133,8 @@ mod tests {
     #[test]
     fn xfs_gets_nouuid_and_read_only_gets_ro() {
         assert_eq!(mount_options(FsType::Xfs, &[], false), vec!["nouuid"]);
-        assert_eq!(
-            mount_options(FsType::Ext4, &["noatime".into()], true),
-            vec!["noatime", "ro"]
-        );
-        assert_eq!(
-            mount_options(FsType::Xfs, &["nouuid".into(), "ro".into()], true),
-            vec!["nouuid", "ro"]
-        );
+        assert_eq!(mount_options(FsType::Ext4, &["noatime".into()], true), vec!["noatime", "ro"]);
+        assert_eq!(mount_options(FsType::Xfs, &["nouuid".into(), "ro".into()], true), vec!["nouuid", "ro"]);
         assert_eq!(FsType::parse("ext4"), Some(FsType::Ext4));
         assert_eq!(FsType::parse("btrfs"), None);
     }

@@ -25,15 +25,8 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
             if let Ok(b) = u8::try_from(v) {
                 out.push(b);
                 i += 4;
@@ -91,21 +84,12 @@ mod tests {
         assert_eq!(e.len(), 5);
         assert_eq!(e[2].fstype, "xfs");
         assert_eq!(e[2].source, "/dev/dm-3");
-        let pv = find(
-            &e,
-            Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/pv one/mount"),
-        )
-        .unwrap();
+        let pv = find(&e, Path::new("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/pv one/mount")).unwrap();
         assert!(pv.read_only());
         assert_eq!(
-            find(
-                &e,
-                Path::new(
-                    "/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv/pod"
-                )
-            )
-            .unwrap()
-            .root,
+            find(&e, Path::new("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pv/pod"))
+                .unwrap()
+                .root,
             PathBuf::from("/dm-4")
         );
         assert!(find(&e, Path::new("/nope")).is_none());

@@ -9,11 +9,7 @@ pub const FIRST_ID: u32 = 1;
 
 /// The first id at or after `cursor` for which `in_use` is false, or `None` when all are used.
 pub fn allocate(cursor: u32, mut in_use: impl FnMut(u32) -> bool) -> Option<ThinId> {
-    let start = if (FIRST_ID..=MAX_THIN_ID).contains(&cursor) {
-        cursor
-    } else {
-        FIRST_ID
-    };
+    let start = if (FIRST_ID..=MAX_THIN_ID).contains(&cursor) { cursor } else { FIRST_ID };
     let candidates = (start..=MAX_THIN_ID).chain(FIRST_ID..start);
     for id in candidates {
         if !in_use(id) {
@@ -48,14 +44,8 @@ mod tests {
     #[test]
     fn wraps_at_24_bits_and_reports_exhaustion() {
         assert_eq!(next_cursor(ThinId::new(MAX_THIN_ID).unwrap()), FIRST_ID);
-        assert_eq!(
-            allocate(MAX_THIN_ID, |i| i == MAX_THIN_ID).map(ThinId::get),
-            Some(1)
-        );
-        assert_eq!(
-            allocate(MAX_THIN_ID + 5, |_| false).map(ThinId::get),
-            Some(1)
-        );
+        assert_eq!(allocate(MAX_THIN_ID, |i| i == MAX_THIN_ID).map(ThinId::get), Some(1));
+        assert_eq!(allocate(MAX_THIN_ID + 5, |_| false).map(ThinId::get), Some(1));
         let mut probes = 0u32;
         assert_eq!(
             allocate(7, |_| {

@@ -73,20 +73,13 @@ fn de<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 impl Store {
     /// Opens (or creates) the store in `dir`, which is created with private permissions.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let dir_err = |source| StoreError::Dir {
-            path: dir.to_owned(),
-            source,
-        };
+        let dir_err = |source| StoreError::Dir { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(dir_err)?;
         let path = dir.join("records.redb");
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            e => StoreError::Db {
-                path: path.clone(),
-                source: e.into(),
-            },
+            e => StoreError::Db { path: path.clone(), source: e.into() },
         })?;
         let store = Store { db, path };
         store.write(|txn| {
@@ -108,17 +101,11 @@ impl Store {
     }
 
     fn db_err(&self) -> impl Fn(redb::Error) -> StoreError + '_ {
-        move |source| StoreError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        move |source| StoreError::Db { path: self.path.clone(), source }
     }
 
     /// Runs `f` in one write transaction and commits it durably.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, TxnError>,
-    ) -> Result<T, StoreError> {
+    fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T, TxnError>) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_err()(e.into()))?;
         let out = match f(&txn) {
             Ok(v) => v,
@@ -129,10 +116,7 @@ impl Store {
         Ok(out)
     }
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, TxnError>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, TxnError>) -> Result<T, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err()(e.into()))?;
         f(&txn).map_err(|e| match e {
             TxnError::Db(e) => self.db_err()(e),
@@ -147,11 +131,7 @@ impl Store {
 
     /// Which pool the records belong to (kind and source), once adopted.
     pub fn pool_identity(&self) -> Result<Option<String>, StoreError> {
-        self.read(|t| {
-            Ok(t.open_table(POOL)?
-                .get("identity")?
-                .map(|v| v.value().to_owned()))
-        })
+        self.read(|t| Ok(t.open_table(POOL)?.get("identity")?.map(|v| v.value().to_owned())))
     }
 
     /// Marks the store as belonging to `identity`, whose transaction id is `tid`.
@@ -213,9 +193,7 @@ impl Store {
         self.write(|t| {
             let mut meta = t.open_table(META)?;
             let mut used = t.open_table(USED_IDS)?;
-            let cursor = meta
-                .get(NEXT_ID)?
-                .map_or(ids::FIRST_ID, |v| v.value() as u32);
+            let cursor = meta.get(NEXT_ID)?.map_or(ids::FIRST_ID, |v| v.value() as u32);
             let mut lookup_err = None;
             let id = ids::allocate(cursor, |i| match used.get(i) {
                 Ok(v) => v.is_some(),
@@ -230,14 +208,8 @@ impl Store {
             let id = id.ok_or(TxnError::Store(StoreError::IdsExhausted))?;
             used.insert(id.get(), ())?;
             meta.insert(NEXT_ID, ids::next_cursor(id) as u64)?;
-            let intent = Intent {
-                op: Op::Create,
-                record: make(id),
-                origin,
-                tid,
-            };
-            t.open_table(INTENTS)?
-                .insert(id.get(), ser(&intent)?.as_slice())?;
+            let intent = Intent { op: Op::Create, record: make(id), origin, tid };
+            t.open_table(INTENTS)?.insert(id.get(), ser(&intent)?.as_slice())?;
             Ok(intent)
         })
     }
@@ -246,36 +218,21 @@ impl Store {
     /// now or (while busy) later.
     pub fn mark_deleting(&self, kind: Kind, name: &Name) -> Result<Record, StoreError> {
         self.write(|t| {
-            let removed = t
-                .open_table(table(kind))?
-                .remove(name.as_str())?
-                .map(|v| de::<Record>(v.value()));
+            let removed = t.open_table(table(kind))?.remove(name.as_str())?.map(|v| de::<Record>(v.value()));
             let record = match removed {
                 Some(r) => r?,
-                None => {
-                    return Err(TxnError::Store(StoreError::Missing {
-                        kind,
-                        name: name.clone(),
-                    }))
-                }
+                None => return Err(TxnError::Store(StoreError::Missing { kind, name: name.clone() })),
             };
-            t.open_table(DELETING)?
-                .insert(record.thin_id.get(), ser(&record)?.as_slice())?;
+            t.open_table(DELETING)?.insert(record.thin_id.get(), ser(&record)?.as_slice())?;
             Ok(record)
         })
     }
 
     /// Step 1 of a delete: writes the intent for a record in the deleting table.
     pub fn begin_delete(&self, tid: u64, record: Record) -> Result<Intent, StoreError> {
-        let intent = Intent {
-            op: Op::Delete,
-            record,
-            origin: None,
-            tid,
-        };
+        let intent = Intent { op: Op::Delete, record, origin: None, tid };
         self.write(|t| {
-            t.open_table(INTENTS)?
-                .insert(intent.record.thin_id.get(), ser(&intent)?.as_slice())?;
+            t.open_table(INTENTS)?.insert(intent.record.thin_id.get(), ser(&intent)?.as_slice())?;
             Ok(())
         })?;
         Ok(intent)
@@ -289,8 +246,7 @@ impl Store {
             match intent.op {
                 Op::Create => {
                     let r = &intent.record;
-                    t.open_table(table(r.kind))?
-                        .insert(r.name.as_str(), ser(r)?.as_slice())?;
+                    t.open_table(table(r.kind))?.insert(r.name.as_str(), ser(r)?.as_slice())?;
                 }
                 Op::Delete => {
                     t.open_table(DELETING)?.remove(id)?;
@@ -323,12 +279,7 @@ impl Store {
             let current = tbl.get(name.as_str())?.map(|v| de::<Record>(v.value()));
             let mut record = match current {
                 Some(r) => r?,
-                None => {
-                    return Err(TxnError::Store(StoreError::Missing {
-                        kind,
-                        name: name.clone(),
-                    }))
-                }
+                None => return Err(TxnError::Store(StoreError::Missing { kind, name: name.clone() })),
             };
             record.size_bytes = size_bytes;
             tbl.insert(name.as_str(), ser(&record)?.as_slice())?;

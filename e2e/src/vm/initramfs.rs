@@ -77,11 +77,7 @@ pub fn ensure(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
         stage.display(),
         out.display()
     );
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
-        .stdout(Stdio::null())
-        .status()?;
+    let status = Command::new("sh").arg("-c").arg(&cmd).stdout(Stdio::null()).status()?;
     anyhow::ensure!(status.success(), "building the initramfs failed: {cmd}");
     std::fs::write(&stamp, INIT)?;
     std::fs::remove_dir_all(&stage)?;

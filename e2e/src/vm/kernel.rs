@@ -14,9 +14,7 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root
-            .join("boot")
-            .join(format!("vmlinuz-{}", self.version))
+        self.root.join("boot").join(format!("vmlinuz-{}", self.version))
     }
 
     pub fn modules_dir(&self) -> PathBuf {
@@ -45,10 +43,7 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
     std::fs::create_dir_all(&dir)?;
     let marker = dir.join("current");
     if let Ok(version) = std::fs::read_to_string(&marker) {
-        let kernel = Kernel {
-            version: version.trim().to_owned(),
-            root: dir.join(version.trim()),
-        };
+        let kernel = Kernel { version: version.trim().to_owned(), root: dir.join(version.trim()) };
         if kernel.vmlinuz().exists() && kernel.modules_dir().join("modules.dep").exists() {
             return Ok(kernel);
         }
@@ -58,17 +53,11 @@ pub fn ensure(cache: &Path) -> Result<Kernel> {
         Err(_) => resolve_package()?,
     };
     let version = package.trim_start_matches("linux-image-").to_owned();
-    eprintln!(
-        "e2e: fetching kernel package {package} (once; cached in {})",
-        dir.display()
-    );
+    eprintln!("e2e: fetching kernel package {package} (once; cached in {})", dir.display());
     let download = dir.join("download");
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)?;
-    run(Command::new("apt-get")
-        .arg("download")
-        .arg(&package)
-        .current_dir(&download))?;
+    run(Command::new("apt-get").arg("download").arg(&package).current_dir(&download))?;
     let deb = std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))

@@ -27,17 +27,8 @@ pub fn run_in_vm(name: &str, script: &str, timeout: Duration) -> Result<()> {
     let initramfs = initramfs::ensure(&cache, &kernel)?;
     let share = cache.join("runs").join(name);
     let _ = std::fs::remove_dir_all(&share);
-    let guest = qemu::Guest {
-        kernel: &kernel,
-        initramfs: &initramfs,
-        share,
-        memory_mib: 3072,
-        timeout,
-    };
-    eprintln!(
-        "e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)",
-        kernel.version,
-        timeout.as_secs()
-    );
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
+    let guest = qemu::Guest { kernel: &kernel, initramfs: &initramfs, share, memory_mib: 3072, timeout, workspace };
+    eprintln!("e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)", kernel.version, timeout.as_secs());
     guest.run(script)?.check(name, timeout)
 }

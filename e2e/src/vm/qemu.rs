@@ -16,6 +16,9 @@ pub struct Guest<'a> {
     /// A host directory mounted read-write in the guest at the same path; holds guest.sh.
     pub share: PathBuf,
     pub memory_mib: u32,
+    /// The host directory holding everything the guest runs (the workspace); kept visible
+    /// even when it lies under /tmp, which the guest replaces with its own tmpfs.
+    pub workspace: PathBuf,
     pub timeout: Duration,
 }
 
@@ -25,10 +28,7 @@ fn strip_firmware_noise(line: &str) -> String {
     if line.contains("SeaBIOS") || line.contains("Booting from ROM") {
         return String::new();
     }
-    line.replace("\x1bc", "")
-        .replace("\x1b[?7l", "")
-        .replace("\x1b[2J", "")
-        .replace("\x1b[0m\x1b", "\x1b")
+    line.replace("\x1bc", "").replace("\x1b[?7l", "").replace("\x1b[2J", "").replace("\x1b[0m\x1b", "\x1b")
 }
 
 /// How a guest run ended.
@@ -60,37 +60,22 @@ impl Guest<'_> {
             share = share.display(),
         );
         std::fs::write(share.join("guest.sh"), body)?;
-        let virtfs_root =
-            "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
-        let virtfs_out = format!(
-            "local,path={},mount_tag=out,security_model=passthrough,multidevs=remap",
-            share.display()
-        );
+        let virtfs_root = "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
+        let virtfs_out =
+            format!("local,path={},mount_tag=out,security_model=passthrough,multidevs=remap", share.display());
         let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "q35",
-                "-cpu",
-                "max",
-                "-accel",
-                "tcg,thread=multi",
-            ])
+            .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
             .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-            ])
+            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
             .arg("-kernel")
             .arg(self.kernel.vmlinuz())
             .arg("-initrd")
             .arg(self.initramfs)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={}",
-                share.display()
+                "console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={} tpcsi.ws={}",
+                share.display(),
+                self.workspace.display()
             ))
             .args(["-virtfs", virtfs_root, "-virtfs", &virtfs_out])
             .stdin(Stdio::null())
@@ -129,9 +114,7 @@ impl Guest<'_> {
             return Ok(Outcome::TimedOut);
         }
         match std::fs::read_to_string(&exit_file) {
-            Ok(s) => Ok(Outcome::Exited(
-                s.trim().parse().context("bad exit-code file")?,
-            )),
+            Ok(s) => Ok(Outcome::Exited(s.trim().parse().context("bad exit-code file")?)),
             Err(_) => Ok(Outcome::NoExitCode),
         }
     }
@@ -144,7 +127,9 @@ impl Outcome {
             Outcome::Exited(0) => Ok(()),
             Outcome::Exited(code) => bail!("{what} failed in the VM (exit code {code})"),
             Outcome::TimedOut => bail!("{what}: the VM did not finish within {}s and was killed", timeout.as_secs()),
-            Outcome::NoExitCode => bail!("{what}: the VM stopped without reporting an exit code (guest crash or panic; see the console above)"),
+            Outcome::NoExitCode => bail!(
+                "{what}: the VM stopped without reporting an exit code (guest crash or panic; see the console above)"
+            ),
         }
     }
 }

@@ -62,25 +62,17 @@ pub fn loop_crash_at_every_point() -> Result {
                 .env("THINPOOL_CSI_CRASH_AT", format!("{op}:{point}"))
                 .status()?;
             if status.signal() != Some(nix::libc::SIGABRT) {
-                return Err(format!(
-                    "{op}:{point}: the child was not killed at its crash point ({status})"
-                )
-                .into());
+                return Err(format!("{op}:{point}: the child was not killed at its crash point ({status})").into());
             }
             let (e, report) = thinpool_csi::open::open_engine(&f.config)?;
-            let check = report
-                .check
-                .clone()
-                .ok_or("start-up did not sweep the pool")?;
+            let check = report.check.clone().ok_or("start-up did not sweep the pool")?;
             if report.recovered_intents != 1 || !check.is_clean() {
                 return Err(format!("{op}:{point}: after restart {report:?}").into());
             }
             let records = e.list(Kind::Volume)?.len() + e.list(Kind::Snapshot)?.len();
             let in_pool = e.pool_thin_count()?;
             if records != in_pool {
-                return Err(
-                    format!("{op}:{point}: {records} records, {in_pool} thin devices").into(),
-                );
+                return Err(format!("{op}:{point}: {records} records, {in_pool} thin devices").into());
             }
             let committed = point == "after-commit-point";
             let (kind, name, want) = match op {
@@ -91,9 +83,7 @@ pub fn loop_crash_at_every_point() -> Result {
             };
             let exists = e.get(kind, &name)?.is_some();
             if exists != want {
-                return Err(
-                    format!("{op}:{point}: {kind} {name} exists={exists}, want {want}").into(),
-                );
+                return Err(format!("{op}:{point}: {kind} {name} exists={exists}, want {want}").into());
             }
             println!(
                 "  {op}:{point}: killed, recovered ({:?}), consistent",

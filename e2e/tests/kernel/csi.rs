@@ -38,23 +38,14 @@ impl Plugin {
         teardown_pool(&pool);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("kubelet"))?;
-        let mut p = Plugin {
-            child: None,
-            kubelet: root.join("kubelet"),
-            socket: root.join("csi.sock"),
-            root,
-            pool,
-        };
+        let mut p = Plugin { child: None, kubelet: root.join("kubelet"), socket: root.join("csi.sock"), root, pool };
         p.spawn()?;
         Ok(p)
     }
 
     fn spawn(&mut self) -> Result {
         let bin = std::env::var("THINPOOL_CSI_BIN").map_err(|_| "THINPOOL_CSI_BIN is not set")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join("plugin.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("plugin.log"))?;
         let child = Command::new(bin)
             .args([
                 "node",
@@ -86,11 +77,7 @@ impl Plugin {
             if start.elapsed() > Duration::from_secs(60) {
                 return Err(format!("the plugin did not create its socket: {}", self.log()).into());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Err(format!("the plugin exited ({status}): {}", self.log()).into());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -111,52 +98,30 @@ impl Plugin {
         self.spawn()
     }
 
-    pub async fn clients(
-        &self,
-    ) -> Result<(
-        IdentityClient<Channel>,
-        ControllerClient<Channel>,
-        NodeClient<Channel>,
-    )> {
+    pub async fn clients(&self) -> Result<(IdentityClient<Channel>, ControllerClient<Channel>, NodeClient<Channel>)> {
         let path = self.socket.clone();
         let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let path = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
                 }
             }))
             .await?;
-        Ok((
-            IdentityClient::new(channel.clone()),
-            ControllerClient::new(channel.clone()),
-            NodeClient::new(channel),
-        ))
+        Ok((IdentityClient::new(channel.clone()), ControllerClient::new(channel.clone()), NodeClient::new(channel)))
     }
 
     pub fn pool_tid(&self) -> Result<u64> {
         let status = sh(&format!("dmsetup status {}", self.pool))?;
-        Ok(status
-            .split_whitespace()
-            .nth(3)
-            .ok_or("pool status")?
-            .parse()?)
+        Ok(status.split_whitespace().nth(3).ok_or("pool status")?.parse()?)
     }
 
     pub fn staging(&self, name: &str) -> String {
-        format!(
-            "{}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount",
-            self.kubelet.display()
-        )
+        format!("{}/plugins/kubernetes.io/csi/thinpool.csi.io/{name}/globalmount", self.kubelet.display())
     }
 
     pub fn target(&self, name: &str, pod: &str) -> String {
-        format!(
-            "{}/pods/{pod}/volumes/kubernetes.io~csi/{name}/mount",
-            self.kubelet.display()
-        )
+        format!("{}/pods/{pod}/volumes/kubernetes.io~csi/{name}/mount", self.kubelet.display())
     }
 }
 
@@ -176,28 +141,19 @@ impl Drop for Plugin {
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn mount_cap(fs: &str) -> proto::VolumeCapability {
     proto::VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
-        access_type: Some(AccessType::Mount(MountVolume {
-            fs_type: fs.into(),
-            mount_flags: vec![],
-        })),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
     }
 }
 
 fn block_cap() -> proto::VolumeCapability {
     proto::VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     }
 }
@@ -214,10 +170,7 @@ fn create(
 ) -> proto::CreateVolumeRequest {
     proto::CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(proto::CapacityRange {
-            required_bytes: bytes,
-            limit_bytes: 0,
-        }),
+        capacity_range: Some(proto::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
         volume_capabilities: vec![cap],
         volume_content_source: source.map(|t| proto::VolumeContentSource { r#type: Some(t) }),
         ..Default::default()
@@ -243,23 +196,9 @@ pub fn csi_identity_and_probe() -> Result {
     let p = Plugin::start("csi-identity")?;
     rt()?.block_on(async {
         let (mut ident, mut ctl, mut node) = p.clients().await?;
-        let info = ident
-            .get_plugin_info(proto::GetPluginInfoRequest {})
-            .await?
-            .into_inner();
-        ensure(
-            info.name == "thinpool.csi.io" && !info.vendor_version.is_empty(),
-            format!("{info:?}"),
-        )?;
-        ensure(
-            ident
-                .probe(proto::ProbeRequest {})
-                .await?
-                .into_inner()
-                .ready
-                == Some(true),
-            "probe not ready",
-        )?;
+        let info = ident.get_plugin_info(proto::GetPluginInfoRequest {}).await?.into_inner();
+        ensure(info.name == "thinpool.csi.io" && !info.vendor_version.is_empty(), format!("{info:?}"))?;
+        ensure(ident.probe(proto::ProbeRequest {}).await?.into_inner().ready == Some(true), "probe not ready")?;
         ensure(
             ident
                 .get_plugin_capabilities(proto::GetPluginCapabilitiesRequest {})
@@ -287,10 +226,7 @@ pub fn csi_identity_and_probe() -> Result {
                 .is_empty(),
             "node caps",
         )?;
-        let info = node
-            .node_get_info(proto::NodeGetInfoRequest {})
-            .await?
-            .into_inner();
+        let info = node.node_get_info(proto::NodeGetInfoRequest {}).await?.into_inner();
         ensure(info.node_id == NODE, "node id")?;
         Ok(())
     })
@@ -299,32 +235,16 @@ pub fn csi_identity_and_probe() -> Result {
 /// A filesystem volume through its whole life, on one filesystem.
 async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
     let (_, mut ctl, mut node) = p.clients().await?;
-    let cap0 = ctl
-        .get_capacity(proto::GetCapacityRequest::default())
-        .await?
-        .into_inner()
-        .available_capacity;
+    let cap0 = ctl.get_capacity(proto::GetCapacityRequest::default()).await?.into_inner().available_capacity;
     let v = format!("vol-{fs}");
     let req = create(&v, 256 * MIB_I, mount_cap(fs), None);
-    let made = ctl
-        .create_volume(req.clone())
-        .await?
-        .into_inner()
-        .volume
-        .ok_or("no volume")?;
-    ensure(
-        ctl.create_volume(req).await?.into_inner().volume == Some(made.clone()),
-        "CreateVolume is not idempotent",
-    )?;
+    let made = ctl.create_volume(req.clone()).await?.into_inner().volume.ok_or("no volume")?;
+    ensure(ctl.create_volume(req).await?.into_inner().volume == Some(made.clone()), "CreateVolume is not idempotent")?;
     ensure(made.accessible_topology.len() == 1, "no topology")?;
-    let cap1 = ctl
-        .get_capacity(proto::GetCapacityRequest::default())
-        .await?
-        .into_inner()
-        .available_capacity;
+    let cap1 = ctl.get_capacity(proto::GetCapacityRequest::default()).await?.into_inner().available_capacity;
     ensure(
-        cap1 == cap0 - 256 * MIB_I,
-        format!("capacity {cap0} -> {cap1} after a 256 MiB create"),
+        cap1 == cap0 - made.capacity_bytes,
+        format!("capacity {cap0} -> {cap1} after creating {} bytes", made.capacity_bytes),
     )?;
 
     let stage = proto::NodeStageVolumeRequest {
@@ -345,10 +265,7 @@ async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
     };
     node.node_publish_volume(publish.clone()).await?;
     node.node_publish_volume(publish.clone()).await?;
-    std::fs::write(
-        format!("{}/hello.txt", p.target(&v, "pod-a")),
-        "hello world, I am a base",
-    )?;
+    std::fs::write(format!("{}/hello.txt", p.target(&v, "pod-a")), "hello world, I am a base")?;
     sh("sync")?;
 
     let stats = node
@@ -359,60 +276,28 @@ async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
         })
         .await?
         .into_inner();
-    ensure(
-        stats.usage.len() == 2 && stats.usage[0].total > 0 && stats.usage[1].total > 0,
-        format!("stats {stats:?}"),
-    )?;
-    ensure(
-        stats.volume_condition.is_some_and(|c| !c.abnormal),
-        "condition",
-    )?;
+    ensure(stats.usage.len() == 2 && stats.usage[0].total > 0 && stats.usage[1].total > 0, format!("stats {stats:?}"))?;
+    ensure(stats.volume_condition.is_some_and(|c| !c.abnormal), "condition")?;
 
     // Online expansion of the mounted filesystem.
     let expand = proto::NodeExpandVolumeRequest {
         volume_id: id(&v),
         volume_path: p.target(&v, "pod-a"),
-        capacity_range: Some(proto::CapacityRange {
-            required_bytes: 512 * MIB_I,
-            limit_bytes: 0,
-        }),
+        capacity_range: Some(proto::CapacityRange { required_bytes: 512 * MIB_I, limit_bytes: 0 }),
         volume_capability: Some(mount_cap(fs)),
         ..Default::default()
     };
-    let grown = node
-        .node_expand_volume(expand.clone())
-        .await?
-        .into_inner()
-        .capacity_bytes;
+    let grown = node.node_expand_volume(expand.clone()).await?.into_inner().capacity_bytes;
     ensure(grown == 512 * MIB_I, format!("expanded to {grown}"))?;
     node.node_expand_volume(expand).await?;
-    let size: u64 = sh(&format!(
-        "df -B1 --output=size {} | tail -1",
-        p.target(&v, "pod-a")
-    ))?
-    .trim()
-    .parse()?;
-    ensure(
-        size > 400 * MIB,
-        format!("{fs} did not grow online: {size} bytes"),
-    )?;
+    let size: u64 = sh(&format!("df -B1 --output=size {} | tail -1", p.target(&v, "pod-a")))?.trim().parse()?;
+    ensure(size > 400 * MIB, format!("{fs} did not grow online: {size} bytes"))?;
 
     // Snapshot, change the origin, restore and clone; read each.
-    let snap = proto::CreateSnapshotRequest {
-        name: format!("snap-{fs}"),
-        source_volume_id: id(&v),
-        ..Default::default()
-    };
-    let s = ctl
-        .create_snapshot(snap.clone())
-        .await?
-        .into_inner()
-        .snapshot
-        .ok_or("no snapshot")?;
-    ensure(
-        s.ready_to_use && s.size_bytes == 512 * MIB_I,
-        format!("{s:?}"),
-    )?;
+    let snap =
+        proto::CreateSnapshotRequest { name: format!("snap-{fs}"), source_volume_id: id(&v), ..Default::default() };
+    let s = ctl.create_snapshot(snap.clone()).await?.into_inner().snapshot.ok_or("no snapshot")?;
+    ensure(s.ready_to_use && s.size_bytes == 512 * MIB_I, format!("{s:?}"))?;
     ensure(
         ctl.create_snapshot(snap).await?.into_inner().snapshot == Some(s.clone()),
         "CreateSnapshot is not idempotent",
@@ -422,20 +307,13 @@ async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
     let sources = [
         (
             format!("restored-{fs}"),
-            vcs::Type::Snapshot(vcs::SnapshotSource {
-                snapshot_id: s.snapshot_id.clone(),
-            }),
+            vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: s.snapshot_id.clone() }),
             "hello world, I am a base",
         ),
-        (
-            format!("clone-{fs}"),
-            vcs::Type::Volume(vcs::VolumeSource { volume_id: id(&v) }),
-            "changed",
-        ),
+        (format!("clone-{fs}"), vcs::Type::Volume(vcs::VolumeSource { volume_id: id(&v) }), "changed"),
     ];
     for (name, src, want) in sources {
-        ctl.create_volume(create(&name, GIB, mount_cap(fs), Some(src)))
-            .await?;
+        ctl.create_volume(create(&name, GIB, mount_cap(fs), Some(src))).await?;
         node.node_stage_volume(proto::NodeStageVolumeRequest {
             volume_id: id(&name),
             staging_target_path: p.staging(&name),
@@ -453,20 +331,9 @@ async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
         })
         .await?;
         let read = std::fs::read_to_string(format!("{}/hello.txt", p.target(&name, "pod-b")))?;
-        ensure(
-            read == want,
-            format!("{name} reads {read:?}, want {want:?}"),
-        )?;
-        let size: u64 = sh(&format!(
-            "df -B1 --output=size {} | tail -1",
-            p.target(&name, "pod-b")
-        ))?
-        .trim()
-        .parse()?;
-        ensure(
-            size > 900 * MIB,
-            format!("{name}: the filesystem was not grown to its 1 GiB volume: {size}"),
-        )?;
+        ensure(read == want, format!("{name} reads {read:?}, want {want:?}"))?;
+        let size: u64 = sh(&format!("df -B1 --output=size {} | tail -1", p.target(&name, "pod-b")))?.trim().parse()?;
+        ensure(size > 900 * MIB, format!("{name}: the filesystem was not grown to its 1 GiB volume: {size}"))?;
         ensure(
             std::fs::write(format!("{}/x", p.target(&name, "pod-b")), "x").is_err(),
             "a read-only publish is writable",
@@ -490,45 +357,21 @@ async fn filesystem_lifecycle(p: &Plugin, fs: &str) -> Result {
             .await?;
         }
         for _ in 0..2 {
-            ctl.delete_volume(proto::DeleteVolumeRequest {
-                volume_id: id(&name),
-                ..Default::default()
-            })
-            .await?;
+            ctl.delete_volume(proto::DeleteVolumeRequest { volume_id: id(&name), ..Default::default() }).await?;
         }
     }
-    ensure(
-        !Path::new(&p.target(&v, "pod-a")).exists(),
-        "the target path was left behind",
-    )?;
-    let cap_snap = ctl
-        .get_capacity(proto::GetCapacityRequest::default())
-        .await?
-        .into_inner()
-        .available_capacity;
+    ensure(!Path::new(&p.target(&v, "pod-a")).exists(), "the target path was left behind")?;
+    let cap_snap = ctl.get_capacity(proto::GetCapacityRequest::default()).await?.into_inner().available_capacity;
     ensure(
         cap_snap == cap0 - 512 * MIB_I,
-        format!(
-            "capacity with only the snapshot left: {cap_snap}, want {}",
-            cap0 - 512 * MIB_I
-        ),
+        format!("capacity with only the snapshot left: {cap_snap}, want {}", cap0 - 512 * MIB_I),
     )?;
     for _ in 0..2 {
-        ctl.delete_snapshot(proto::DeleteSnapshotRequest {
-            snapshot_id: s.snapshot_id.clone(),
-            ..Default::default()
-        })
-        .await?;
+        ctl.delete_snapshot(proto::DeleteSnapshotRequest { snapshot_id: s.snapshot_id.clone(), ..Default::default() })
+            .await?;
     }
-    let cap2 = ctl
-        .get_capacity(proto::GetCapacityRequest::default())
-        .await?
-        .into_inner()
-        .available_capacity;
-    ensure(
-        cap2 == cap0,
-        format!("capacity {cap0} before, {cap2} after deleting everything"),
-    )?;
+    let cap2 = ctl.get_capacity(proto::GetCapacityRequest::default()).await?.into_inner().available_capacity;
+    ensure(cap2 == cap0, format!("capacity {cap0} before, {cap2} after deleting everything"))?;
     Ok(())
 }
 
@@ -543,18 +386,14 @@ pub fn csi_filesystem_lifecycle_ext4_and_xfs() -> Result {
         .lines()
         .find(|l| l.contains("CreateVolume") && l.contains("vol-ext4"))
         .ok_or("no log line for CreateVolume")?;
-    ensure(
-        line.contains("duration_ms") && line.contains("code"),
-        format!("log line lacks code or duration: {line}"),
-    )
+    ensure(line.contains("duration_ms") && line.contains("code"), format!("log line lacks code or duration: {line}"))
 }
 
 pub fn csi_block_volume() -> Result {
     let p = Plugin::start("csi-block")?;
     rt()?.block_on(async {
         let (_, mut ctl, mut node) = p.clients().await?;
-        ctl.create_volume(create("blk", 64 * MIB_I, block_cap(), None))
-            .await?;
+        ctl.create_volume(create("blk", 64 * MIB_I, block_cap(), None)).await?;
         let staging = p.staging("blk");
         node.node_stage_volume(proto::NodeStageVolumeRequest {
             volume_id: id("blk"),
@@ -563,10 +402,7 @@ pub fn csi_block_volume() -> Result {
             ..Default::default()
         })
         .await?;
-        let target = format!(
-            "{}/plugins/kubernetes.io/csi/volumeDevices/publish/blk/pod-1",
-            p.kubelet.display()
-        );
+        let target = format!("{}/plugins/kubernetes.io/csi/volumeDevices/publish/blk/pod-1", p.kubelet.display());
         let publish = proto::NodePublishVolumeRequest {
             volume_id: id("blk"),
             staging_target_path: staging.clone(),
@@ -576,18 +412,10 @@ pub fn csi_block_volume() -> Result {
         };
         node.node_publish_volume(publish.clone()).await?;
         node.node_publish_volume(publish).await?;
-        sh(&format!(
-            "printf 'raw block data' | dd of={target} conv=fsync status=none"
-        ))?;
+        sh(&format!("printf 'raw block data' | dd of={target} conv=fsync status=none"))?;
         let back = sh(&format!("head -c 14 {target}"))?;
-        ensure(
-            back == "raw block data",
-            format!("block device reads {back:?}"),
-        )?;
-        ensure(
-            sh(&format!("blkid -p {target} || true"))?.trim().is_empty(),
-            "a block volume was formatted",
-        )?;
+        ensure(back == "raw block data", format!("block device reads {back:?}"))?;
+        ensure(sh(&format!("blkid -p {target} || true"))?.trim().is_empty(), "a block volume was formatted")?;
         let stats = node
             .node_get_volume_stats(proto::NodeGetVolumeStatsRequest {
                 volume_id: id("blk"),
@@ -596,31 +424,20 @@ pub fn csi_block_volume() -> Result {
             })
             .await?
             .into_inner();
-        ensure(
-            stats.usage.first().is_some_and(|u| u.total == 64 * MIB_I),
-            format!("block stats {stats:?}"),
-        )?;
+        ensure(stats.usage.first().is_some_and(|u| u.total == 64 * MIB_I), format!("block stats {stats:?}"))?;
         let grown = node
             .node_expand_volume(proto::NodeExpandVolumeRequest {
                 volume_id: id("blk"),
                 volume_path: target.clone(),
-                capacity_range: Some(proto::CapacityRange {
-                    required_bytes: 128 * MIB_I,
-                    limit_bytes: 0,
-                }),
+                capacity_range: Some(proto::CapacityRange { required_bytes: 128 * MIB_I, limit_bytes: 0 }),
                 volume_capability: Some(block_cap()),
                 ..Default::default()
             })
             .await?
             .into_inner();
         ensure(grown.capacity_bytes == 128 * MIB_I, "block expand")?;
-        let size: u64 = sh(&format!("blockdev --getsize64 {target}"))?
-            .trim()
-            .parse()?;
-        ensure(
-            size == 128 * MIB,
-            format!("the published block device is {size} bytes after expansion"),
-        )?;
+        let size: u64 = sh(&format!("blockdev --getsize64 {target}"))?.trim().parse()?;
+        ensure(size == 128 * MIB, format!("the published block device is {size} bytes after expansion"))?;
         node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
             volume_id: id("blk"),
             target_path: target.clone(),
@@ -631,15 +448,8 @@ pub fn csi_block_volume() -> Result {
             staging_target_path: staging,
         })
         .await?;
-        ctl.delete_volume(proto::DeleteVolumeRequest {
-            volume_id: id("blk"),
-            ..Default::default()
-        })
-        .await?;
-        ensure(
-            !Path::new(&target).exists(),
-            "block target file left behind",
-        )
+        ctl.delete_volume(proto::DeleteVolumeRequest { volume_id: id("blk"), ..Default::default() }).await?;
+        ensure(!Path::new(&target).exists(), "block target file left behind")
     })
 }
 
@@ -648,8 +458,7 @@ pub fn csi_restart_between_stage_and_publish() -> Result {
     let runtime = rt()?;
     runtime.block_on(async {
         let (_, mut ctl, mut node) = p.clients().await?;
-        ctl.create_volume(create("r", 128 * MIB_I, mount_cap("ext4"), None))
-            .await?;
+        ctl.create_volume(create("r", 128 * MIB_I, mount_cap("ext4"), None)).await?;
         node.node_stage_volume(proto::NodeStageVolumeRequest {
             volume_id: id("r"),
             staging_target_path: p.staging("r"),
@@ -657,24 +466,13 @@ pub fn csi_restart_between_stage_and_publish() -> Result {
             ..Default::default()
         })
         .await?;
-        std::fs::write(
-            format!("{}/kept.txt", p.staging("r")),
-            "survives a plugin restart",
-        )?;
+        std::fs::write(format!("{}/kept.txt", p.staging("r")), "survives a plugin restart")?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     p.restart()?;
     runtime.block_on(async {
         let (mut ident, _, mut node) = p.clients().await?;
-        ensure(
-            ident
-                .probe(proto::ProbeRequest {})
-                .await?
-                .into_inner()
-                .ready
-                == Some(true),
-            "not ready after restart",
-        )?;
+        ensure(ident.probe(proto::ProbeRequest {}).await?.into_inner().ready == Some(true), "not ready after restart")?;
         // The kubelet may repeat the stage after a restart: still idempotent.
         node.node_stage_volume(proto::NodeStageVolumeRequest {
             volume_id: id("r"),
@@ -692,10 +490,7 @@ pub fn csi_restart_between_stage_and_publish() -> Result {
         })
         .await?;
         let read = std::fs::read_to_string(format!("{}/kept.txt", p.target("r", "pod")))?;
-        ensure(
-            read == "survives a plugin restart",
-            format!("read {read:?}"),
-        )
+        ensure(read == "survives a plugin restart", format!("read {read:?}"))
     })
 }
 
@@ -703,23 +498,13 @@ pub fn csi_bad_input_changes_nothing() -> Result {
     let p = Plugin::start("csi-bad")?;
     rt()?.block_on(async {
         let (_, mut ctl, mut node) = p.clients().await?;
-        ctl.create_volume(create("good", 64 * MIB_I, mount_cap("ext4"), None))
-            .await?;
+        ctl.create_volume(create("good", 64 * MIB_I, mount_cap("ext4"), None)).await?;
         let snapshot = |ctl: &mut ControllerClient<Channel>| {
             let mut c = ctl.clone();
             async move {
-                let v = c
-                    .list_volumes(proto::ListVolumesRequest::default())
-                    .await?
-                    .into_inner();
-                let s = c
-                    .list_snapshots(proto::ListSnapshotsRequest::default())
-                    .await?
-                    .into_inner();
-                let cap = c
-                    .get_capacity(proto::GetCapacityRequest::default())
-                    .await?
-                    .into_inner();
+                let v = c.list_volumes(proto::ListVolumesRequest::default()).await?.into_inner();
+                let s = c.list_snapshots(proto::ListSnapshotsRequest::default()).await?.into_inner();
+                let cap = c.get_capacity(proto::GetCapacityRequest::default()).await?.into_inner();
                 Ok::<_, tonic::Status>(format!("{v:?}{s:?}{cap:?}"))
             }
         };
@@ -729,96 +514,54 @@ pub fn csi_bad_input_changes_nothing() -> Result {
         for name in ["", long.as_str(), "a/b", "..", "a\0b"] {
             checks.push((
                 format!("create {name:?}"),
-                code(
-                    ctl.create_volume(create(name, GIB, mount_cap("ext4"), None))
-                        .await,
-                ),
+                code(ctl.create_volume(create(name, GIB, mount_cap("ext4"), None)).await),
                 Code::InvalidArgument,
             ));
         }
         let mut no_caps = create("v", GIB, mount_cap("ext4"), None);
         no_caps.volume_capabilities.clear();
-        checks.push((
-            "no capabilities".into(),
-            code(ctl.create_volume(no_caps).await),
-            Code::InvalidArgument,
-        ));
+        checks.push(("no capabilities".into(), code(ctl.create_volume(no_caps).await), Code::InvalidArgument));
         let mut no_type = create("v", GIB, mount_cap("ext4"), None);
         no_type.volume_capabilities[0].access_type = None;
-        checks.push((
-            "unknown access type".into(),
-            code(ctl.create_volume(no_type).await),
-            Code::InvalidArgument,
-        ));
+        checks.push(("unknown access type".into(), code(ctl.create_volume(no_type).await), Code::InvalidArgument));
         checks.push((
             "negative capacity".into(),
-            code(
-                ctl.create_volume(create("v", -5, mount_cap("ext4"), None))
-                    .await,
-            ),
+            code(ctl.create_volume(create("v", -5, mount_cap("ext4"), None)).await),
             Code::InvalidArgument,
         ));
         let mut inverted = create("v", GIB, mount_cap("ext4"), None);
-        inverted.capacity_range = Some(proto::CapacityRange {
-            required_bytes: GIB,
-            limit_bytes: MIB_I,
-        });
-        checks.push((
-            "inverted capacity".into(),
-            code(ctl.create_volume(inverted).await),
-            Code::InvalidArgument,
-        ));
+        inverted.capacity_range = Some(proto::CapacityRange { required_bytes: GIB, limit_bytes: MIB_I });
+        checks.push(("inverted capacity".into(), code(ctl.create_volume(inverted).await), Code::InvalidArgument));
         checks.push((
             "over budget".into(),
-            code(
-                ctl.create_volume(create("v", 1 << 40, mount_cap("ext4"), None))
-                    .await,
-            ),
+            code(ctl.create_volume(create("v", 1 << 40, mount_cap("ext4"), None)).await),
             Code::ResourceExhausted,
         ));
         checks.push((
             "same name, other size".into(),
-            code(
-                ctl.create_volume(create("good", 2 * GIB, mount_cap("ext4"), None))
-                    .await,
-            ),
+            code(ctl.create_volume(create("good", 2 * GIB, mount_cap("ext4"), None)).await),
             Code::AlreadyExists,
         ));
         let mut topo = create("v", GIB, mount_cap("ext4"), None);
         topo.accessibility_requirements = Some(proto::TopologyRequirement {
             requisite: vec![proto::Topology {
-                segments: HashMap::from([(
-                    "topology.thinpool.csi.io/node".into(),
-                    "elsewhere".into(),
-                )]),
+                segments: HashMap::from([("topology.thinpool.csi.io/node".into(), "elsewhere".into())]),
             }],
             preferred: vec![],
         });
-        checks.push((
-            "requisite elsewhere".into(),
-            code(ctl.create_volume(topo).await),
-            Code::ResourceExhausted,
-        ));
-        let other_snap = vcs::Type::Snapshot(vcs::SnapshotSource {
-            snapshot_id: "s@elsewhere".into(),
-        });
+        checks.push(("requisite elsewhere".into(), code(ctl.create_volume(topo).await), Code::ResourceExhausted));
+        let other_snap = vcs::Type::Snapshot(vcs::SnapshotSource { snapshot_id: "s@elsewhere".into() });
         checks.push((
             "source on another node".into(),
-            code(
-                ctl.create_volume(create("v", GIB, mount_cap("ext4"), Some(other_snap)))
-                    .await,
-            ),
+            code(ctl.create_volume(create("v", GIB, mount_cap("ext4"), Some(other_snap))).await),
             Code::ResourceExhausted,
         ));
         for bad_id in ["", "a/b@vm-node", "..@vm-node", "noat", long.as_str()] {
             checks.push((
                 format!("delete {bad_id:?}"),
                 code(
-                    ctl.delete_volume(proto::DeleteVolumeRequest {
-                        volume_id: bad_id.into(),
-                        ..Default::default()
-                    })
-                    .await,
+                    ctl.delete_volume(proto::DeleteVolumeRequest { volume_id: bad_id.into(), ..Default::default() })
+                        .await,
                 ),
                 Code::InvalidArgument,
             ));
@@ -837,31 +580,17 @@ pub fn csi_bad_input_changes_nothing() -> Result {
         ));
         checks.push((
             "bad page token".into(),
-            code(
-                ctl.list_volumes(proto::ListVolumesRequest {
-                    max_entries: 1,
-                    starting_token: "zzz".into(),
-                })
-                .await,
-            ),
+            code(ctl.list_volumes(proto::ListVolumesRequest { max_entries: 1, starting_token: "zzz".into() }).await),
             Code::Aborted,
         ));
-        for path in [
-            "/etc",
-            "/tmp/e2e/csi-bad/kubelet/../../../etc",
-            "relative/path",
-        ] {
+        for path in ["/etc", "/tmp/e2e/csi-bad/kubelet/../../../etc", "relative/path"] {
             let stage = proto::NodeStageVolumeRequest {
                 volume_id: id("good"),
                 staging_target_path: path.into(),
                 volume_capability: Some(mount_cap("ext4")),
                 ..Default::default()
             };
-            checks.push((
-                format!("stage at {path}"),
-                code(node.node_stage_volume(stage).await),
-                Code::InvalidArgument,
-            ));
+            checks.push((format!("stage at {path}"), code(node.node_stage_volume(stage).await), Code::InvalidArgument));
             let publish = proto::NodePublishVolumeRequest {
                 volume_id: id("good"),
                 staging_target_path: p.staging("good"),
@@ -894,10 +623,7 @@ pub fn csi_bad_input_changes_nothing() -> Result {
         ensure(wrong.is_empty(), wrong.join("; "))?;
         let after = (snapshot(&mut ctl).await?, p.pool_tid()?);
         ensure(before == after, "bad input changed the pool or the records")?;
-        println!(
-            "  {} bad requests, each with its code; pool transaction id and records unchanged",
-            checks.len()
-        );
+        println!("  {} bad requests, each with its code; pool transaction id and records unchanged", checks.len());
         Ok(())
     })
 }
@@ -907,13 +633,7 @@ pub fn csi_pagination() -> Result {
     rt()?.block_on(async {
         let (_, mut ctl, _) = p.clients().await?;
         for i in 0..7 {
-            ctl.create_volume(create(
-                &format!("p{i}"),
-                16 * MIB_I,
-                mount_cap("ext4"),
-                None,
-            ))
-            .await?;
+            ctl.create_volume(create(&format!("p{i}"), 16 * MIB_I, mount_cap("ext4"), None)).await?;
             ctl.create_snapshot(proto::CreateSnapshotRequest {
                 name: format!("ps{i}"),
                 source_volume_id: id(&format!("p{i}")),
@@ -925,27 +645,17 @@ pub fn csi_pagination() -> Result {
         let mut token = String::new();
         loop {
             let page = ctl
-                .list_volumes(proto::ListVolumesRequest {
-                    max_entries: 3,
-                    starting_token: token.clone(),
-                })
+                .list_volumes(proto::ListVolumesRequest { max_entries: 3, starting_token: token.clone() })
                 .await?
                 .into_inner();
             ensure(page.entries.len() <= 3, "page too long")?;
-            seen.extend(
-                page.entries
-                    .into_iter()
-                    .filter_map(|e| e.volume.map(|v| v.volume_id)),
-            );
+            seen.extend(page.entries.into_iter().filter_map(|e| e.volume.map(|v| v.volume_id)));
             if page.next_token.is_empty() {
                 break;
             }
             token = page.next_token;
         }
-        ensure(
-            seen.len() == 7,
-            format!("volumes seen over pages: {seen:?}"),
-        )?;
+        ensure(seen.len() == 7, format!("volumes seen over pages: {seen:?}"))?;
         let mut snaps = 0;
         let mut token = String::new();
         loop {
@@ -965,10 +675,7 @@ pub fn csi_pagination() -> Result {
         }
         ensure(snaps == 7, format!("snapshots seen over pages: {snaps}"))?;
         let by_source = ctl
-            .list_snapshots(proto::ListSnapshotsRequest {
-                source_volume_id: id("p3"),
-                ..Default::default()
-            })
+            .list_snapshots(proto::ListSnapshotsRequest { source_volume_id: id("p3"), ..Default::default() })
             .await?
             .into_inner();
         ensure(by_source.entries.len() == 1, "list by source")

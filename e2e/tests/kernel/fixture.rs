@@ -29,8 +29,7 @@ pub fn sh(cmd: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub const LVM_CONFIG: &str =
-    "backup{backup=0 archive=0} devices{obtain_device_list_from_udev=0 scan_lvs=0} \
+pub const LVM_CONFIG: &str = "backup{backup=0 archive=0} devices{obtain_device_list_from_udev=0 scan_lvs=0} \
      activation{udev_sync=0 udev_rules=0 monitoring=0} global{use_lvmpolld=0}";
 
 pub fn lvm_env() {
@@ -51,11 +50,7 @@ impl LoopFixture {
         let root = Path::new("/tmp/e2e").join(test);
         let _ = std::fs::remove_dir_all(&root);
         teardown_pool(&format!("e2e-{test}"));
-        LoopFixture {
-            name: format!("e2e-{test}"),
-            root,
-            config,
-        }
+        LoopFixture { name: format!("e2e-{test}"), root, config }
     }
 
     /// The configuration of test `test`'s pool (also used by crash-test children).
@@ -71,11 +66,7 @@ impl LoopFixture {
                 meta_bytes: 16 * MIB,
                 block_bytes: 64 << 10,
             }),
-            limits: Limits {
-                overprovision_ratio: 10.0,
-                data_fill_limit_pct: 100.0,
-                meta_fill_limit_pct: 100.0,
-            },
+            limits: Limits { overprovision_ratio: 10.0, data_fill_limit_pct: 100.0, meta_fill_limit_pct: 100.0 },
         }
     }
 
@@ -102,9 +93,7 @@ pub fn remove_thins(dm_name: &str) {
 /// Removes the pool's thin devices, then the pool device.
 pub fn teardown_pool(dm_name: &str) {
     remove_thins(dm_name);
-    let _ = sh(&format!(
-        "dmsetup remove --retry {dm_name} 2>/dev/null; true"
-    ));
+    let _ = sh(&format!("dmsetup remove --retry {dm_name} 2>/dev/null; true"));
 }
 
 pub fn data_used(pool: &impl ThinPool) -> Result<u64> {
@@ -139,14 +128,8 @@ impl LvmFixture {
         let file = PathBuf::from(format!("/tmp/e2e-{test}.img"));
         let _ = std::fs::remove_file(&file);
         std::fs::File::create(&file)?.set_len(bytes)?;
-        let loopdev = sh(&format!("losetup -f --show {}", file.display()))?
-            .trim()
-            .to_owned();
-        Ok(LvmFixture {
-            vg: format!("e2e{}", test.replace(['-', '_'], "")),
-            file,
-            loopdev,
-        })
+        let loopdev = sh(&format!("losetup -f --show {}", file.display()))?.trim().to_owned();
+        Ok(LvmFixture { vg: format!("e2e{}", test.replace(['-', '_'], "")), file, loopdev })
     }
 
     pub fn lvm(&self, args: &str) -> Result<String> {
@@ -157,10 +140,7 @@ impl LvmFixture {
 impl Drop for LvmFixture {
     fn drop(&mut self) {
         remove_thins(&thinpool_csi::dm::lvm::dm_name(&self.vg, "pool"));
-        remove_thins(&format!(
-            "{}-tpool",
-            thinpool_csi::dm::lvm::dm_name(&self.vg, "pool")
-        ));
+        remove_thins(&format!("{}-tpool", thinpool_csi::dm::lvm::dm_name(&self.vg, "pool")));
         let _ = self.lvm(&format!("vgchange -an {}", self.vg));
         let _ = self.lvm(&format!("vgremove -ff -y {}", self.vg));
         let _ = sh(&format!("losetup -d {}", self.loopdev));

@@ -77,20 +77,18 @@ pub fn loop_data_isolation() -> Result {
         partial_writes(&dev, 112 * MIB)?;
         let hits = pattern_hits(&dev)?;
         if hits > 0 {
-            return Err(
-                format!("volume {name} exposes {hits} copies of a deleted volume's data").into(),
-            );
+            return Err(format!("volume {name} exposes {hits} copies of a deleted volume's data").into());
         }
         reused += 112 * MIB / BLOCK;
     }
     let total = data_used(e.pool())?;
     // 256 MiB pool: 192 MiB were the secret's, 224 MiB are now provisioned: most blocks were reused.
     if total < used_by_secret.min(reused) {
-        return Err(
-            format!("blocks were not reused ({total} used, secret had {used_by_secret})").into(),
-        );
+        return Err(format!("blocks were not reused ({total} used, secret had {used_by_secret})").into());
     }
-    println!("  {used_by_secret} blocks held the pattern; {total} blocks provisioned again by partial writes; no copy seen");
+    println!(
+        "  {used_by_secret} blocks held the pattern; {total} blocks provisioned again by partial writes; no copy seen"
+    );
     Ok(())
 }
 
@@ -124,11 +122,11 @@ pub fn loop_unzeroed_pool_leaks_control() -> Result {
         let hits = pattern_hits(&dev)?;
         pool.deactivate(b)?;
         if hits == 0 {
-            return Err("control failed: an unzeroed pool showed no old data, so the isolation test proves nothing".into());
+            return Err(
+                "control failed: an unzeroed pool showed no old data, so the isolation test proves nothing".into()
+            );
         }
-        println!(
-            "  control: {hits} copies of the deleted data seen through a pool without zeroing"
-        );
+        println!("  control: {hits} copies of the deleted data seen through a pool without zeroing");
         let state = tempfile::tempdir()?;
         match Engine::open(pool, Store::open(state.path())?, Default::default()) {
             Err(EngineError::Dm(DmError::UnzeroedPool { .. })) => Ok(()),

@@ -24,10 +24,7 @@ pub fn seed_demonstration(e: &Engine<KernelPool>, tag: &str) -> Result {
 
     e.create_snapshot("base-snap", "base")?;
     mount(&dev, &mnt, "rw")?;
-    std::fs::write(
-        format!("{mnt}/hello.txt"),
-        "I was changed after the snapshot",
-    )?;
+    std::fs::write(format!("{mnt}/hello.txt"), "I was changed after the snapshot")?;
     umount(&mnt)?;
 
     let snap = e.activate(Kind::Snapshot, "base-snap")?;
@@ -42,11 +39,7 @@ pub fn seed_demonstration(e: &Engine<KernelPool>, tag: &str) -> Result {
     let from = Some(Source::Snapshot(Name::new("base-snap")?));
     e.create_volume("restored", 512 * MIB, from)?;
     let r = e.activate(Kind::Volume, "restored")?;
-    sh(&format!(
-        "e2fsck -f -y {} >/dev/null; resize2fs {} >/dev/null 2>&1",
-        r.display(),
-        r.display()
-    ))?;
+    sh(&format!("e2fsck -f -y {} >/dev/null; resize2fs {} >/dev/null 2>&1", r.display(), r.display()))?;
     mount(&r, &mnt, "rw")?;
     let read = std::fs::read_to_string(format!("{mnt}/hello.txt"))?;
     let size = sh(&format!("df -B1 --output=size {mnt} | tail -1"))?;
@@ -83,11 +76,7 @@ pub fn loop_seed_demonstration() -> Result {
 
 /// Writes `bytes` of non-zero data at the start of a device.
 fn fill(dev: &Path, bytes: u64) -> Result {
-    sh(&format!(
-        "dd if=/dev/urandom of={} bs=1M count={} oflag=direct status=none",
-        dev.display(),
-        bytes / MIB
-    ))?;
+    sh(&format!("dd if=/dev/urandom of={} bs=1M count={} oflag=direct status=none", dev.display(), bytes / MIB))?;
     Ok(())
 }
 
@@ -110,23 +99,14 @@ pub fn loop_delete_returns_data_blocks() -> Result {
     assert_eq!(e.delete(Kind::Volume, "v")?, DeleteOutcome::Deleted);
     let after = data_used(e.pool())?;
     if after != before {
-        return Err(format!(
-            "data blocks used: {before} before, {during} with the volume, {after} after delete"
-        )
-        .into());
+        return Err(format!("data blocks used: {before} before, {during} with the volume, {after} after delete").into());
     }
     Ok(())
 }
 
 fn sectors_of(dev: &Path) -> Result<u64> {
-    let name = dev
-        .file_name()
-        .ok_or("device path")?
-        .to_string_lossy()
-        .into_owned();
-    Ok(std::fs::read_to_string(format!("/sys/block/{name}/size"))?
-        .trim()
-        .parse()?)
+    let name = dev.file_name().ok_or("device path")?.to_string_lossy().into_owned();
+    Ok(std::fs::read_to_string(format!("/sys/block/{name}/size"))?.trim().parse()?)
 }
 
 pub fn loop_expand_grows_an_active_device() -> Result {
@@ -141,17 +121,12 @@ pub fn loop_expand_grows_an_active_device() -> Result {
     e.expand_volume("v", 384 * MIB)?;
     assert_eq!(sectors_of(&dev)?, 384 * MIB / 512);
     sh(&format!("resize2fs {} >/dev/null 2>&1", dev.display()))?;
-    let size: u64 = sh("df -B1 --output=size /tmp/mnt-expand | tail -1")?
-        .trim()
-        .parse()?;
+    let size: u64 = sh("df -B1 --output=size /tmp/mnt-expand | tail -1")?.trim().parse()?;
     umount("/tmp/mnt-expand")?;
     if size < 300 * MIB {
         return Err(format!("filesystem did not grow online: {size}").into());
     }
-    assert!(matches!(
-        e.expand_volume("v", 64 * MIB),
-        Err(EngineError::InvalidSize { .. })
-    ));
+    assert!(matches!(e.expand_volume("v", 64 * MIB), Err(EngineError::InvalidSize { .. })));
     // Expanded with a snapshot present; both still delete.
     e.deactivate(Kind::Volume, "v")?;
     assert_eq!(e.delete(Kind::Volume, "v")?, DeleteOutcome::Deleted);
@@ -166,10 +141,7 @@ pub fn loop_busy_delete_is_deferred() -> Result {
     let dev = e.activate(Kind::Volume, "v")?;
     sh(&format!("mkfs.ext4 -q -F {}", dev.display()))?;
     mount(&dev, "/tmp/mnt-deferred", "rw")?;
-    assert!(matches!(
-        e.deactivate(Kind::Volume, "v"),
-        Err(EngineError::Busy { .. })
-    ));
+    assert!(matches!(e.deactivate(Kind::Volume, "v"), Err(EngineError::Busy { .. })));
     assert_eq!(e.delete(Kind::Volume, "v")?, DeleteOutcome::Deferred);
     assert_eq!(e.retry_deferred()?, 0);
     umount("/tmp/mnt-deferred")?;
@@ -187,10 +159,7 @@ pub fn loop_reopen_after_pool_deactivation() -> Result {
         let e = f.engine()?;
         e.create_volume("keep", 64 * MIB, None)?;
         let dev = e.activate(Kind::Volume, "keep")?;
-        sh(&format!(
-            "echo persisted | dd of={} conv=fsync status=none",
-            dev.display()
-        ))?;
+        sh(&format!("echo persisted | dd of={} conv=fsync status=none", dev.display()))?;
         e.deactivate(Kind::Volume, "keep")?;
     }
     // As after a reboot: the pool device goes, the files stay.
@@ -214,58 +183,26 @@ pub fn loop_bad_input_changes_nothing() -> Result {
     let long = "x".repeat(129);
     let bad_names = ["a/b", "..", "../etc", "a\0b", long.as_str(), ""];
     for name in bad_names {
-        assert!(
-            matches!(
-                e.create_volume(name, 64 * MIB, None),
-                Err(EngineError::InvalidName(_))
-            ),
-            "{name:?}"
-        );
-        assert!(matches!(
-            e.create_snapshot(name, "existing"),
-            Err(EngineError::InvalidName(_))
-        ));
-        assert!(matches!(
-            e.create_snapshot("s", name),
-            Err(EngineError::InvalidName(_))
-        ));
-        assert!(matches!(
-            e.delete(Kind::Volume, name),
-            Err(EngineError::InvalidName(_))
-        ));
+        assert!(matches!(e.create_volume(name, 64 * MIB, None), Err(EngineError::InvalidName(_))), "{name:?}");
+        assert!(matches!(e.create_snapshot(name, "existing"), Err(EngineError::InvalidName(_))));
+        assert!(matches!(e.create_snapshot("s", name), Err(EngineError::InvalidName(_))));
+        assert!(matches!(e.delete(Kind::Volume, name), Err(EngineError::InvalidName(_))));
     }
     for size in [0, 100, 513, 64 * MIB + 1] {
-        assert!(
-            matches!(
-                e.create_volume("v", size, None),
-                Err(EngineError::InvalidSize { .. })
-            ),
-            "{size}"
-        );
+        assert!(matches!(e.create_volume("v", size, None), Err(EngineError::InvalidSize { .. })), "{size}");
     }
     // The loop pool is 1 GiB with ratio 10: 64 GiB does not fit.
     assert!(matches!(
         e.create_volume("v", 64 * GIB, None),
         Err(EngineError::ResourceExhausted(Refusal::Budget { .. }))
     ));
-    assert!(matches!(
-        e.create_volume("existing", 128 * MIB, None),
-        Err(EngineError::AlreadyExists { .. })
-    ));
-    assert!(matches!(
-        e.create_volume("existing", 64 * MIB, None),
-        Ok(Made::Existing(_))
-    ));
+    assert!(matches!(e.create_volume("existing", 128 * MIB, None), Err(EngineError::AlreadyExists { .. })));
+    assert!(matches!(e.create_volume("existing", 64 * MIB, None), Ok(Made::Existing(_))));
     let from = Some(Source::Snapshot(Name::new("no-such-snap")?));
-    assert!(matches!(
-        e.create_volume("v", 64 * MIB, from),
-        Err(EngineError::NotFound { .. })
-    ));
+    assert!(matches!(e.create_volume("v", 64 * MIB, from), Err(EngineError::NotFound { .. })));
     let after = (e.pool().thin_ids()?, e.check()?, e.list(Kind::Volume)?);
     if before != after {
-        return Err(
-            format!("bad input changed the pool or records: {before:?} -> {after:?}").into(),
-        );
+        return Err(format!("bad input changed the pool or records: {before:?} -> {after:?}").into());
     }
     Ok(())
 }
@@ -298,24 +235,13 @@ pub fn loop_churn_200() -> Result {
         e.create_volume(&v, 64 * MIB, None)?;
         if i % 10 == 0 {
             let dev = e.activate(Kind::Volume, &v)?;
-            sh(&format!(
-                "dd if=/dev/urandom of={} bs=64K count=4 oflag=direct status=none",
-                dev.display()
-            ))?;
+            sh(&format!("dd if=/dev/urandom of={} bs=64K count=4 oflag=direct status=none", dev.display()))?;
         }
         e.create_snapshot(&format!("{v}-snap"), &v)?;
         assert_eq!(e.delete(Kind::Volume, &v)?, DeleteOutcome::Deleted);
-        assert_eq!(
-            e.delete(Kind::Snapshot, &format!("{v}-snap"))?,
-            DeleteOutcome::Deleted
-        );
+        assert_eq!(e.delete(Kind::Snapshot, &format!("{v}-snap"))?, DeleteOutcome::Deleted);
     }
-    let left = (
-        e.list(Kind::Volume)?,
-        e.list(Kind::Snapshot)?,
-        e.pool().thin_ids()?,
-        e.pool().active_devices()?,
-    );
+    let left = (e.list(Kind::Volume)?, e.list(Kind::Snapshot)?, e.pool().thin_ids()?, e.pool().active_devices()?);
     if !(left.0.is_empty() && left.1.is_empty() && left.2.is_empty() && left.3.is_empty()) {
         return Err(format!("left behind: {left:?}").into());
     }

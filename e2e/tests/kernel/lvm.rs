@@ -10,10 +10,7 @@ use crate::fixture::*;
 fn config(test: &str, vg: &str) -> NodeConfig {
     NodeConfig {
         state_dir: format!("/tmp/e2e/{test}/state").into(),
-        pool: PoolSpec::DirectLvm {
-            vg: vg.into(),
-            lv: "pool".into(),
-        },
+        pool: PoolSpec::DirectLvm { vg: vg.into(), lv: "pool".into() },
         limits: Limits::default(),
     }
 }
@@ -63,20 +60,14 @@ pub fn lvm_adoption_refusals() -> Result {
         Ok(_) => return Err("a plain LV was adopted as a thin pool".into()),
     }
     // A pool without zeroing could leak a deleted volume's data.
-    d.lvm(&format!(
-        "lvcreate -y --zero n -c 64K -T -L 128M {}/pool",
-        d.vg
-    ))?;
+    d.lvm(&format!("lvcreate -y --zero n -c 64K -T -L 128M {}/pool", d.vg))?;
     match lvm::adopt(&d.vg, "pool") {
         Err(DmError::UnzeroedPool { .. }) => {}
         Err(e) => return Err(format!("unzeroed pool: wrong refusal: {e}").into()),
         Ok(_) => return Err("a pool without block zeroing was adopted".into()),
     }
     // A pool holding LVM thin volumes is LVM's, not ours.
-    d.lvm(&format!(
-        "lvcreate -y --zero y -c 64K -T -L 128M {}/pool2",
-        d.vg
-    ))?;
+    d.lvm(&format!("lvcreate -y --zero y -c 64K -T -L 128M {}/pool2", d.vg))?;
     d.lvm(&format!("lvcreate -y -V 32M -T {}/pool2 -n thinlv", d.vg))?;
     match lvm::adopt(&d.vg, "pool2") {
         Err(DmError::PoolHasLvmThinVolumes { lvs, .. }) if lvs.contains("thinlv") => {}

@@ -18,61 +18,25 @@ use fixture::Result;
 type Test = (&'static str, fn() -> Result);
 
 const TESTS: &[Test] = &[
-    (
-        "loop_seed_demonstration",
-        lifecycle::loop_seed_demonstration,
-    ),
-    (
-        "loop_delete_returns_data_blocks",
-        lifecycle::loop_delete_returns_data_blocks,
-    ),
-    (
-        "loop_expand_grows_an_active_device",
-        lifecycle::loop_expand_grows_an_active_device,
-    ),
-    (
-        "loop_busy_delete_is_deferred",
-        lifecycle::loop_busy_delete_is_deferred,
-    ),
-    (
-        "loop_reopen_after_pool_deactivation",
-        lifecycle::loop_reopen_after_pool_deactivation,
-    ),
-    (
-        "loop_bad_input_changes_nothing",
-        lifecycle::loop_bad_input_changes_nothing,
-    ),
+    ("loop_seed_demonstration", lifecycle::loop_seed_demonstration),
+    ("loop_delete_returns_data_blocks", lifecycle::loop_delete_returns_data_blocks),
+    ("loop_expand_grows_an_active_device", lifecycle::loop_expand_grows_an_active_device),
+    ("loop_busy_delete_is_deferred", lifecycle::loop_busy_delete_is_deferred),
+    ("loop_reopen_after_pool_deactivation", lifecycle::loop_reopen_after_pool_deactivation),
+    ("loop_bad_input_changes_nothing", lifecycle::loop_bad_input_changes_nothing),
     ("loop_not_a_thin_pool", lifecycle::loop_not_a_thin_pool),
     ("loop_churn_200", lifecycle::loop_churn_200),
-    (
-        "loop_crash_at_every_point",
-        crash::loop_crash_at_every_point,
-    ),
+    ("loop_crash_at_every_point", crash::loop_crash_at_every_point),
     ("loop_data_isolation", isolation::loop_data_isolation),
-    (
-        "loop_unzeroed_pool_leaks_control",
-        isolation::loop_unzeroed_pool_leaks_control,
-    ),
-    (
-        "lvm_setup_refuses_signatures",
-        lvm::lvm_setup_refuses_signatures,
-    ),
+    ("loop_unzeroed_pool_leaks_control", isolation::loop_unzeroed_pool_leaks_control),
+    ("lvm_setup_refuses_signatures", lvm::lvm_setup_refuses_signatures),
     ("lvm_seed_demonstration", lvm::lvm_seed_demonstration),
     ("lvm_adoption_refusals", lvm::lvm_adoption_refusals),
     ("csi_identity_and_probe", csi::csi_identity_and_probe),
-    (
-        "csi_filesystem_lifecycle_ext4_and_xfs",
-        csi::csi_filesystem_lifecycle_ext4_and_xfs,
-    ),
+    ("csi_filesystem_lifecycle_ext4_and_xfs", csi::csi_filesystem_lifecycle_ext4_and_xfs),
     ("csi_block_volume", csi::csi_block_volume),
-    (
-        "csi_restart_between_stage_and_publish",
-        csi::csi_restart_between_stage_and_publish,
-    ),
-    (
-        "csi_bad_input_changes_nothing",
-        csi::csi_bad_input_changes_nothing,
-    ),
+    ("csi_restart_between_stage_and_publish", csi::csi_restart_between_stage_and_publish),
+    ("csi_bad_input_changes_nothing", csi::csi_bad_input_changes_nothing),
     ("csi_pagination", csi::csi_pagination),
 ];
 
@@ -81,10 +45,8 @@ fn main() -> ExitCode {
         return crash::child_main();
     }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let selected: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(n, _)| filter.as_ref().is_none_or(|f| n.contains(f.as_str())))
-        .collect();
+    let selected: Vec<&Test> =
+        TESTS.iter().filter(|(n, _)| filter.as_ref().is_none_or(|f| n.contains(f.as_str()))).collect();
     if std::env::var_os("THINPOOL_E2E_IN_VM").is_none() {
         println!(
             "kernel suite: {} tests skipped: they need real device-mapper; run `cargo run -p thinpool-e2e -- vm`",
