@@ -277,7 +277,7 @@ impl<P: ThinPool> Engine<P> {
                     reason: format!(
                         "it was made with size {} from {}",
                         existing.requested_bytes,
-                        existing.source.as_ref().map_or("nothing".to_owned(), |s| s.to_string())
+                        Source::describe(existing.source.as_ref())
                     ),
                 });
             }
@@ -328,10 +328,7 @@ impl<P: ThinPool> Engine<P> {
                 return Err(EngineError::AlreadyExists {
                     kind: Kind::Snapshot,
                     name,
-                    reason: format!(
-                        "it is a snapshot of {}",
-                        existing.source.as_ref().map_or("nothing".to_owned(), |s| s.to_string())
-                    ),
+                    reason: format!("it is a snapshot of {}", Source::describe(existing.source.as_ref())),
                 });
             }
             let origin = self.must_get(Kind::Volume, &source)?;

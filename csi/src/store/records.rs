@@ -31,6 +31,13 @@ pub enum Source {
     Volume(Name),
 }
 
+impl Source {
+    /// `volume/x`, `snapshot/y`, or `nothing` for a device made empty.
+    pub fn describe(source: Option<&Source>) -> String {
+        source.map_or("nothing".to_owned(), |s| s.to_string())
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
