@@ -11,6 +11,7 @@ pub mod config;
 pub mod csi;
 pub mod dm;
 pub mod engine;
+pub mod k8s;
 pub mod mount;
 pub mod names;
 pub mod open;

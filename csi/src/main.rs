@@ -30,6 +30,8 @@ enum Command {
     /// Snapshots in the pool.
     #[command(subcommand)]
     Snapshots(SnapshotsCommand),
+    /// Print the ThinPool CustomResourceDefinition as YAML.
+    Crdgen,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,6 +40,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
         Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
         Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
+        Command::Crdgen => {
+            print!("{}", thinpool_csi::k8s::crd::crd_yaml()?);
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,6 @@
+//! Kubernetes: the `ThinPool` custom resource, its status computed from the pool (pure), and the
+//! desired `CSIStorageCapacity` objects for the scheduler (pure).
+
+pub mod capacity;
+pub mod crd;
+pub mod status;
