@@ -12,6 +12,7 @@ pub mod csi;
 pub mod dm;
 pub mod engine;
 pub mod k8s;
+pub mod metrics;
 pub mod mount;
 pub mod names;
 pub mod open;

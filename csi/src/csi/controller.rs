@@ -108,7 +108,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::CreateVolumeResponse>, Status> {
         let req = req.into_inner();
         let name = req.name.clone();
-        observed("CreateVolume", &name, async {
+        observed(&self.driver, "CreateVolume", &name, async {
             if req.name.is_empty() {
                 return Err(CsiError::invalid("name is empty"));
             }
@@ -194,7 +194,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::DeleteVolumeRequest>,
     ) -> Result<Response<proto::DeleteVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("DeleteVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "DeleteVolume", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id, "volume")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Volume, name.as_str())?)).await?;
@@ -228,7 +228,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<proto::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = req.into_inner();
-        observed("ValidateVolumeCapabilities", &req.volume_id.clone(), async {
+        observed(&self.driver, "ValidateVolumeCapabilities", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id, "volume")?;
             if req.volume_capabilities.is_empty() {
                 return Err(CsiError::invalid("volume_capabilities is empty"));
@@ -261,7 +261,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::ListVolumesRequest>,
     ) -> Result<Response<proto::ListVolumesResponse>, Status> {
         let req = req.into_inner();
-        observed("ListVolumes", "", async {
+        observed(&self.driver, "ListVolumes", "", async {
             let records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Volume)?)).await?;
             let condition = self.driver.blocking({
                 let me = self.clone();
@@ -294,7 +294,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::GetCapacityRequest>,
     ) -> Result<Response<proto::GetCapacityResponse>, Status> {
         let req = req.into_inner();
-        observed("GetCapacity", "", async {
+        observed(&self.driver, "GetCapacity", "", async {
             validate::fs_param(&req.parameters)?;
             let zero = proto::GetCapacityResponse {
                 available_capacity: 0,
@@ -325,7 +325,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         _req: Request<proto::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<proto::ControllerGetCapabilitiesResponse>, Status> {
         use csc::rpc::Type as T;
-        observed("ControllerGetCapabilities", "", async {
+        observed(&self.driver, "ControllerGetCapabilities", "", async {
             let caps = [
                 T::CreateDeleteVolume,
                 T::CreateDeleteSnapshot,
@@ -354,7 +354,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::CreateSnapshotRequest>,
     ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
         let req = req.into_inner();
-        observed("CreateSnapshot", &req.source_volume_id.clone(), async {
+        observed(&self.driver, "CreateSnapshot", &req.source_volume_id.clone(), async {
             if req.name.is_empty() {
                 return Err(CsiError::invalid("name is empty"));
             }
@@ -379,7 +379,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::DeleteSnapshotRequest>,
     ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
         let req = req.into_inner();
-        observed("DeleteSnapshot", &req.snapshot_id.clone(), async {
+        observed(&self.driver, "DeleteSnapshot", &req.snapshot_id.clone(), async {
             let name = self.local(&req.snapshot_id, "snapshot")?;
             let _guard = self.driver.in_flight.claim(&req.snapshot_id)?;
             self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Snapshot, name.as_str())?)).await?;
@@ -393,7 +393,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::ListSnapshotsRequest>,
     ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
         let req = req.into_inner();
-        observed("ListSnapshots", &req.source_volume_id.clone(), async {
+        observed(&self.driver, "ListSnapshots", &req.source_volume_id.clone(), async {
             let mut records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Snapshot)?)).await?;
             if !req.snapshot_id.is_empty() {
                 // An id that is not ours, or unknown, lists nothing.
@@ -431,7 +431,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::ControllerGetVolumeRequest>,
     ) -> Result<Response<proto::ControllerGetVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("ControllerGetVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "ControllerGetVolume", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id, "volume")?;
             let me = self.clone();
             let (record, condition) = self

@@ -28,7 +28,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
         &self,
         _req: Request<proto::GetPluginInfoRequest>,
     ) -> Result<Response<proto::GetPluginInfoResponse>, Status> {
-        observed("GetPluginInfo", "", async {
+        observed(&self.driver, "GetPluginInfo", "", async {
             Ok(proto::GetPluginInfoResponse {
                 name: PLUGIN_NAME.into(),
                 vendor_version: env!("CARGO_PKG_VERSION").into(),
@@ -43,7 +43,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
         _req: Request<proto::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<proto::GetPluginCapabilitiesResponse>, Status> {
         use plugin_capability::service::Type as S;
-        observed("GetPluginCapabilities", "", async {
+        observed(&self.driver, "GetPluginCapabilities", "", async {
             Ok(proto::GetPluginCapabilitiesResponse {
                 capabilities: vec![
                     service(S::ControllerService),
@@ -60,7 +60,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
     }
 
     async fn probe(&self, _req: Request<proto::ProbeRequest>) -> Result<Response<proto::ProbeResponse>, Status> {
-        observed("Probe", "", async {
+        observed(&self.driver, "Probe", "", async {
             let cap = self.driver.blocking(|d| Ok(d.engine.capacity()?)).await?;
             if cap.state != PoolState::Rw {
                 return Err(CsiError::FailedPrecondition(format!("the pool is {}, not rw", cap.state)));

@@ -42,6 +42,7 @@ pub struct Driver<P: ThinPool, M: Mounter> {
     pub kubelet_dir: PathBuf,
     pub max_volumes_per_node: i64,
     pub in_flight: guard::InFlight,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl<P: ThinPool + 'static, M: Mounter + 'static> Driver<P, M> {
@@ -57,22 +58,26 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Driver<P, M> {
     }
 }
 
-/// Runs one call and logs one line with its method, volume id, code and duration.
-pub async fn observed<T>(
+/// Runs one call, logs one line with its method, volume id, code and duration, and counts it.
+pub async fn observed<P: ThinPool, M: Mounter, T>(
+    driver: &Driver<P, M>,
     method: &'static str,
     volume: &str,
     call: impl Future<Output = Result<T, CsiError>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     let start = Instant::now();
     let result = call.await;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let secs = start.elapsed().as_secs_f64();
+    let ms = secs * 1000.0;
     match result {
         Ok(v) => {
+            driver.metrics.observe_call(method, tonic::Code::Ok, secs);
             tracing::info!(method, volume, code = "OK", duration_ms = ms, "csi call");
             Ok(tonic::Response::new(v))
         }
         Err(e) => {
             let code = e.code();
+            driver.metrics.observe_call(method, code, secs);
             tracing::warn!(method, volume, code = ?code, duration_ms = ms, error = %e, "csi call");
             Err(e.into())
         }

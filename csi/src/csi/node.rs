@@ -90,7 +90,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         req: Request<proto::NodeStageVolumeRequest>,
     ) -> Result<Response<proto::NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("NodeStageVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodeStageVolume", &req.volume_id.clone(), async {
             let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
@@ -132,7 +132,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         req: Request<proto::NodeUnstageVolumeRequest>,
     ) -> Result<Response<proto::NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("NodeUnstageVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodeUnstageVolume", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
@@ -152,7 +152,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         req: Request<proto::NodePublishVolumeRequest>,
     ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("NodePublishVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodePublishVolume", &req.volume_id.clone(), async {
             let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let target = self.path(&req.target_path, "target_path")?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
@@ -202,7 +202,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         req: Request<proto::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<proto::NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("NodeUnpublishVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodeUnpublishVolume", &req.volume_id.clone(), async {
             self.local(&req.volume_id)?;
             let target = self.path(&req.target_path, "target_path")?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
@@ -224,7 +224,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeGetVolumeStatsResponse>, Status> {
         use proto::volume_usage::Unit;
         let req = req.into_inner();
-        observed("NodeGetVolumeStats", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodeGetVolumeStats", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id)?;
             let path = self.path(&req.volume_path, "volume_path")?;
             self.driver
@@ -287,7 +287,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         req: Request<proto::NodeExpandVolumeRequest>,
     ) -> Result<Response<proto::NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
-        observed("NodeExpandVolume", &req.volume_id.clone(), async {
+        observed(&self.driver, "NodeExpandVolume", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id)?;
             let path = self.path(&req.volume_path, "volume_path")?;
             if let Some(cap) = &req.volume_capability {
@@ -329,7 +329,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         _req: Request<proto::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<proto::NodeGetCapabilitiesResponse>, Status> {
         use nsc::rpc::Type as T;
-        observed("NodeGetCapabilities", "", async {
+        observed(&self.driver, "NodeGetCapabilities", "", async {
             let caps = [
                 T::StageUnstageVolume,
                 T::GetVolumeStats,
@@ -353,7 +353,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         &self,
         _req: Request<proto::NodeGetInfoRequest>,
     ) -> Result<Response<proto::NodeGetInfoResponse>, Status> {
-        observed("NodeGetInfo", "", async {
+        observed(&self.driver, "NodeGetInfo", "", async {
             Ok(proto::NodeGetInfoResponse {
                 node_id: self.driver.node_id.clone(),
                 max_volumes_per_node: self.driver.max_volumes_per_node,

@@ -36,6 +36,9 @@ pub struct NodeArgs {
     /// Most volumes the scheduler may place on this node (0: no limit).
     #[arg(long, default_value_t = 1000)]
     pub max_volumes_per_node: i64,
+    /// Address of the /metrics, /healthz and /readyz endpoints ("" turns them off).
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9102")]
+    pub metrics_address: String,
     /// How often deletes deferred by an open device are retried, in seconds.
     #[arg(long, default_value_t = 10)]
     pub deferred_delete_interval: u64,
@@ -51,6 +54,8 @@ pub enum ServeError {
     NodeId(String),
     #[error("--kubelet-dir {0:?} must be an absolute path")]
     KubeletDir(PathBuf),
+    #[error("--metrics-address {0:?} is not host:port")]
+    MetricsAddress(String),
     #[error("{path} exists and is not a socket; refusing to remove it")]
     NotASocket { path: PathBuf },
     #[error("{what} {path}: {source}")]
@@ -130,21 +135,34 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         return Err(ServeError::KubeletDir(args.kubelet_dir).into());
     }
     let socket = socket_path(&args.endpoint)?;
+    let metrics_addr: Option<std::net::SocketAddr> = match args.metrics_address.as_str() {
+        "" => None,
+        a => Some(a.parse().map_err(|_| ServeError::MetricsAddress(a.to_owned()))?),
+    };
     let config = args.pool.validate()?;
     let (engine, report) = crate::open::open_engine(&config)?;
     tracing::info!(?report, node = %args.node_id, "pool open and recovered");
     let engine = Arc::new(engine);
     let _retrier = DeferredRetrier::start(engine.clone(), Duration::from_secs(args.deferred_delete_interval.max(1)))?;
+    let metrics = Arc::new(crate::metrics::NodeMetrics::new()?);
     let driver = Arc::new(Driver {
-        engine,
+        engine: engine.clone(),
         mounter: Arc::new(LinuxMounter),
         node_id: args.node_id,
         kubelet_dir: args.kubelet_dir,
         max_volumes_per_node: args.max_volumes_per_node,
         in_flight: Default::default(),
+        metrics: metrics.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        if let Some(addr) = metrics_addr {
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(addr, metrics, engine).await {
+                    tracing::error!(error = %e, %addr, "metrics endpoint failed");
+                }
+            });
+        }
         let listener = bind(&socket)?;
         tracing::info!(socket = %socket.display(), "serving CSI");
         serve(driver, listener, terminated()).await

@@ -45,6 +45,7 @@ fn fixture() -> Fixture {
         kubelet_dir: KUBELET.into(),
         max_volumes_per_node: 1000,
         in_flight: Default::default(),
+        metrics: Arc::new(crate::metrics::NodeMetrics::new().unwrap()),
     });
     Fixture {
         identity: IdentityService { driver: driver.clone() },

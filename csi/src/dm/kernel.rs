@@ -95,6 +95,8 @@ impl KernelPool {
             .target_msg(&DevId::Name(dm_name(&self.info.dm_name)?), None, msg)
             .map(|_| ())
             .map_err(lib_err(format!("message {msg:?} to {}", self.info.dm_name)));
+        let kind = msg.split(' ').next().unwrap_or(msg);
+        crate::metrics::DM_MESSAGE_SECONDS.with_label_values(&[kind]).observe(start.elapsed().as_secs_f64());
         tracing::debug!(pool = %self.info.dm_name, msg, elapsed_us = start.elapsed().as_micros() as u64, ok = r.is_ok(), "dm message");
         r
     }

@@ -29,7 +29,11 @@ pub struct Plugin {
     pool: String,
     pub kubelet: PathBuf,
     socket: PathBuf,
+    pub metrics_port: u16,
 }
+
+/// Each plugin gets its own metrics port, so a restarted one never waits for the old socket.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(19102);
 
 impl Plugin {
     pub fn start(test: &str) -> Result<Self> {
@@ -38,7 +42,15 @@ impl Plugin {
         teardown_pool(&pool);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("kubelet"))?;
-        let mut p = Plugin { child: None, kubelet: root.join("kubelet"), socket: root.join("csi.sock"), root, pool };
+        let metrics_port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut p = Plugin {
+            child: None,
+            kubelet: root.join("kubelet"),
+            socket: root.join("csi.sock"),
+            root,
+            pool,
+            metrics_port,
+        };
         p.spawn()?;
         Ok(p)
     }
@@ -66,6 +78,8 @@ impl Plugin {
             .arg(self.root.join("state"))
             .arg("--pool-name")
             .arg(&self.pool)
+            .arg("--metrics-address")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -680,4 +694,76 @@ pub fn csi_pagination() -> Result {
             .into_inner();
         ensure(by_source.entries.len() == 1, "list by source")
     })
+}
+
+/// GET over plain HTTP/1.0 on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let code = text.split_whitespace().nth(1).ok_or("no status line")?.parse()?;
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    Ok((code, body))
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// What a scraped value must satisfy.
+type Check = Box<dyn Fn(f64) -> bool>;
+
+pub fn csi_metrics_scrape() -> Result {
+    let p = Plugin::start("csi-metrics")?;
+    rt()?.block_on(async {
+        let (_, mut ctl, mut node) = p.clients().await?;
+        ctl.create_volume(create("m1", 128 * MIB_I, mount_cap("ext4"), None)).await?;
+        ctl.create_volume(create("m2", 64 * MIB_I, mount_cap("ext4"), None)).await?;
+        ctl.create_snapshot(proto::CreateSnapshotRequest {
+            name: "ms".into(),
+            source_volume_id: id("m1"),
+            ..Default::default()
+        })
+        .await?;
+        let _ = ctl.create_volume(create("too-big", 1 << 40, mount_cap("ext4"), None)).await;
+        node.node_stage_volume(proto::NodeStageVolumeRequest {
+            volume_id: id("m1"),
+            staging_target_path: p.staging("m1"),
+            volume_capability: Some(mount_cap("ext4")),
+            ..Default::default()
+        })
+        .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    ensure(http_get(p.metrics_port, "/healthz")?.0 == 200, "/healthz")?;
+    ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz")?;
+    let (code, text) = http_get(p.metrics_port, "/metrics")?;
+    ensure(code == 200, format!("/metrics answered {code}"))?;
+    let checks: Vec<(&str, Check)> = vec![
+        ("thinpool_volumes", Box::new(|v| v == 2.0)),
+        ("thinpool_snapshots", Box::new(|v| v == 1.0)),
+        ("thinpool_pool_provisioned_bytes", Box::new(|v| v == (320u64 << 20) as f64)),
+        ("thinpool_pool_data_total_bytes", Box::new(|v| v == (2u64 << 30) as f64)),
+        ("thinpool_pool_data_used_bytes", Box::new(|v| v > 0.0)),
+        ("thinpool_pool_metadata_used_bytes", Box::new(|v| v > 0.0)),
+        ("thinpool_pool_allowed_new_bytes", Box::new(|v| v > 0.0)),
+        ("thinpool_pool_mode{mode=\"rw\"}", Box::new(|v| v == 1.0)),
+        ("thinpool_volume_mapped_bytes{volume=\"m1\"}", Box::new(|v| v > 0.0)),
+        ("thinpool_csi_calls_total{code=\"Ok\",method=\"CreateVolume\"}", Box::new(|v| v == 2.0)),
+        ("thinpool_csi_calls_total{code=\"ResourceExhausted\",method=\"CreateVolume\"}", Box::new(|v| v == 1.0)),
+        ("thinpool_csi_call_duration_seconds_count{method=\"NodeStageVolume\"}", Box::new(|v| v == 1.0)),
+        ("thinpool_dm_message_duration_seconds_count{message=\"create_thin\"}", Box::new(|v| v == 2.0)),
+        ("thinpool_dm_message_duration_seconds_count{message=\"create_snap\"}", Box::new(|v| v == 1.0)),
+    ];
+    let wrong: Vec<String> = checks
+        .iter()
+        .filter(|(series, ok)| !metric(&text, series).is_some_and(ok))
+        .map(|(series, _)| format!("{series} = {:?}", metric(&text, series)))
+        .collect();
+    ensure(wrong.is_empty(), format!("unexpected metrics: {}", wrong.join(", ")))
 }

@@ -38,6 +38,7 @@ const TESTS: &[Test] = &[
     ("csi_restart_between_stage_and_publish", csi::csi_restart_between_stage_and_publish),
     ("csi_bad_input_changes_nothing", csi::csi_bad_input_changes_nothing),
     ("csi_pagination", csi::csi_pagination),
+    ("csi_metrics_scrape", csi::csi_metrics_scrape),
 ];
 
 fn main() -> ExitCode {

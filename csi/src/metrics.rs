@@ -1,0 +1,248 @@
+//! Prometheus metrics of the node plugin, and its `/metrics`, `/healthz` and `/readyz` endpoints.
+//! Names start with `thinpool_`; labels are bounded (method, gRPC code, message kind, pool mode,
+//! volume name), never error text. Pool gauges are refreshed at each scrape from the engine.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::dm::ThinPool;
+use crate::engine::{Engine, PoolReport, PoolState};
+use crate::store::Kind;
+
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Latency of device-mapper pool messages by kind (`create_thin`, `create_snap`, `delete`,
+/// `set_transaction_id`, ...). Process-wide, because the dm layer sits below everything else.
+pub static DM_MESSAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new("thinpool_dm_message_duration_seconds", "Latency of device-mapper thin-pool messages.")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["message"],
+    )
+    .unwrap_or_else(|e| unreachable!("static metric definition is valid: {e}"))
+});
+
+pub struct NodeMetrics {
+    registry: Registry,
+    data_total: IntGauge,
+    data_used: IntGauge,
+    metadata_total: IntGauge,
+    metadata_used: IntGauge,
+    provisioned: IntGauge,
+    allowed_new: IntGauge,
+    volumes: IntGauge,
+    snapshots: IntGauge,
+    pool_mode: IntGaugeVec,
+    volume_mapped: IntGaugeVec,
+    csi_seconds: HistogramVec,
+    csi_calls: IntCounterVec,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+const MODES: [PoolState; 5] =
+    [PoolState::Rw, PoolState::Ro, PoolState::OutOfDataSpace, PoolState::NeedsCheck, PoolState::Fail];
+
+impl NodeMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let pool_mode = IntGaugeVec::new(
+            Opts::new("thinpool_pool_mode", "1 for the pool's current mode, 0 for the others."),
+            &["mode"],
+        )?;
+        let volume_mapped = IntGaugeVec::new(
+            Opts::new(
+                "thinpool_volume_mapped_bytes",
+                "Bytes a volume has written (mapped blocks), for active volumes.",
+            ),
+            &["volume"],
+        )?;
+        let csi_seconds = HistogramVec::new(
+            HistogramOpts::new("thinpool_csi_call_duration_seconds", "Latency of CSI calls by method.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method"],
+        )?;
+        let csi_calls = IntCounterVec::new(
+            Opts::new("thinpool_csi_calls_total", "CSI calls by method and gRPC code."),
+            &["method", "code"],
+        )?;
+        for c in [
+            Box::new(pool_mode.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(volume_mapped.clone()),
+            Box::new(csi_seconds.clone()),
+            Box::new(csi_calls.clone()),
+            Box::new(DM_MESSAGE_SECONDS.clone()),
+        ] {
+            r.register(c)?;
+        }
+        Ok(NodeMetrics {
+            data_total: gauge(&r, "thinpool_pool_data_total_bytes", "Size of the pool's data device.")?,
+            data_used: gauge(&r, "thinpool_pool_data_used_bytes", "Data bytes in use in the pool.")?,
+            metadata_total: gauge(&r, "thinpool_pool_metadata_total_bytes", "Size of the pool's metadata device.")?,
+            metadata_used: gauge(&r, "thinpool_pool_metadata_used_bytes", "Metadata bytes in use in the pool.")?,
+            provisioned: gauge(
+                &r,
+                "thinpool_pool_provisioned_bytes",
+                "Sum of the virtual sizes of volumes and snapshots.",
+            )?,
+            allowed_new: gauge(
+                &r,
+                "thinpool_pool_allowed_new_bytes",
+                "Bytes that may still be provisioned (the scheduler's capacity).",
+            )?,
+            volumes: gauge(&r, "thinpool_volumes", "Volumes in the pool.")?,
+            snapshots: gauge(&r, "thinpool_snapshots", "Snapshots in the pool.")?,
+            registry: r,
+            pool_mode,
+            volume_mapped,
+            csi_seconds,
+            csi_calls,
+        })
+    }
+
+    /// Records one CSI call.
+    pub fn observe_call(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.csi_seconds.with_label_values(&[method]).observe(seconds);
+        self.csi_calls.with_label_values(&[method, &format!("{code:?}")]).inc();
+    }
+
+    fn set_pool(&self, r: &PoolReport) {
+        let c = &r.capacity;
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.data_total.set(i(c.data_total_bytes));
+        self.data_used.set(i(c.data_used_bytes));
+        self.metadata_total.set(i(c.metadata_total_bytes));
+        self.metadata_used.set(i(c.metadata_used_bytes));
+        self.provisioned.set(i(c.provisioned_bytes));
+        self.allowed_new.set(i(c.allowed_new_bytes));
+        self.volumes.set(i(r.volumes as u64));
+        self.snapshots.set(i(r.snapshots as u64));
+        for m in MODES {
+            self.pool_mode.with_label_values(&[&m.to_string()]).set(i64::from(m == c.state));
+        }
+    }
+
+    /// Refreshes the pool gauges from the engine (blocking: ioctls and store reads).
+    pub fn refresh<P: ThinPool>(&self, engine: &Engine<P>) -> Result<(), crate::engine::EngineError> {
+        self.set_pool(&engine.report()?);
+        self.volume_mapped.reset();
+        for v in engine.list(Kind::Volume)? {
+            if let Some(bytes) = engine.mapped_bytes(Kind::Volume, v.name.as_str())? {
+                self.volume_mapped.with_label_values(&[v.name.as_str()]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
+        Ok(())
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+struct HttpState<P: ThinPool> {
+    metrics: Arc<NodeMetrics>,
+    engine: Arc<Engine<P>>,
+}
+
+async fn metrics_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
+    let st = s.clone();
+    match tokio::task::spawn_blocking(move || st.metrics.refresh(&st.engine)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "refreshing pool metrics"),
+        Err(e) => tracing::warn!(error = %e, "refreshing pool metrics"),
+    }
+    (StatusCode::OK, s.metrics.render())
+}
+
+async fn ready_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
+    let engine = s.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.capacity()).await {
+        Ok(Ok(c)) if c.state == PoolState::Rw => (StatusCode::OK, "ready\n".into()),
+        Ok(Ok(c)) => (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {}\n", c.state)),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the pool is rw) on `addr`.
+pub async fn serve<P: ThinPool + 'static>(
+    addr: SocketAddr,
+    metrics: Arc<NodeMetrics>,
+    engine: Arc<Engine<P>>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler::<P>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler::<P>))
+        .with_state(Arc::new(HttpState { metrics, engine }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving metrics");
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::dm::memory::MemoryPool;
+    use crate::store::Store;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn pool_gauges_follow_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _) =
+            Engine::open(MemoryPool::new(10 << 30), Store::open(dir.path()).unwrap(), Limits::default()).unwrap();
+        e.create_volume("a", 1 << 30, None).unwrap();
+        e.create_volume("b", 2 << 30, None).unwrap();
+        e.create_snapshot("s", "a").unwrap();
+        e.activate(Kind::Volume, "a").unwrap();
+        let m = NodeMetrics::new().unwrap();
+        m.observe_call("CreateVolume", tonic::Code::Ok, 0.01);
+        m.observe_call("CreateVolume", tonic::Code::ResourceExhausted, 0.02);
+        m.refresh(&e).unwrap();
+        let text = m.render();
+        assert_eq!(value(&text, "thinpool_pool_data_total_bytes"), Some((10u64 << 30) as f64));
+        assert_eq!(value(&text, "thinpool_pool_provisioned_bytes"), Some((4u64 << 30) as f64));
+        assert_eq!(value(&text, "thinpool_pool_allowed_new_bytes"), Some((46u64 << 30) as f64));
+        assert_eq!(value(&text, "thinpool_volumes"), Some(2.0));
+        assert_eq!(value(&text, "thinpool_snapshots"), Some(1.0));
+        assert_eq!(value(&text, "thinpool_pool_mode{mode=\"rw\"}"), Some(1.0));
+        assert_eq!(value(&text, "thinpool_pool_mode{mode=\"ro\"}"), Some(0.0));
+        assert_eq!(value(&text, "thinpool_volume_mapped_bytes{volume=\"a\"}"), Some(0.0));
+        assert_eq!(
+            value(&text, "thinpool_csi_calls_total{code=\"ResourceExhausted\",method=\"CreateVolume\"}"),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "thinpool_csi_call_duration_seconds_count{method=\"CreateVolume\"}"), Some(2.0));
+        assert!(text.contains("# TYPE thinpool_csi_call_duration_seconds histogram"));
+        assert!(text.contains("# TYPE thinpool_pool_data_used_bytes gauge"));
+        assert!(text.contains("# TYPE thinpool_csi_calls_total counter"));
+        // Every metric is ours.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("thinpool_"), "{line}");
+        }
+    }
+}
