@@ -30,9 +30,9 @@ umount /tmp/demo/mnt
 step "Restore a new 512 MiB volume from the snapshot and read it"
 show "$T" volumes create restored --size 512Mi --from-snapshot base-snap
 RDEV=$("$T" volumes activate restored)
-e2fsck -f -y "$RDEV" >/tmp/demo/fsck.log 2>&1 || { rc=$?; [ $rc -le 1 ] || { cat /tmp/demo/fsck.log; exit 1; }; }
-resize2fs "$RDEV" >/tmp/demo/resize.log 2>&1 || { cat /tmp/demo/resize.log; exit 1; }
 mount "$RDEV" /tmp/demo/mnt
+# Grow the restored filesystem online to the larger volume, as NodeStageVolume does.
+resize2fs "$RDEV" >/tmp/demo/resize.log 2>&1 || { cat /tmp/demo/resize.log; exit 1; }
 show cat /tmp/demo/mnt/hello.txt
 show df -h /tmp/demo/mnt
 umount /tmp/demo/mnt

@@ -52,12 +52,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Vm { filter } => {
             let suite = build::kernel_suite()?;
             let csi = build::csi_binary(false)?;
-            let script = format!(
-                "export THINPOOL_CSI_BIN={}\n{} {}",
-                csi.display(),
-                suite.display(),
-                filter.unwrap_or_default()
-            );
+            let filter = filter.unwrap_or_default();
+            if !filter.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                anyhow::bail!("the filter {filter:?} may hold only letters, digits, '_' and '-'");
+            }
+            let script = format!("export THINPOOL_CSI_BIN={}\n{} {filter}", csi.display(), suite.display());
             vm::run_in_vm("kernel-suite", &script, limit(1500))
         }
         Cmd::Demo => {

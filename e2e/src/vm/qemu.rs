@@ -22,6 +22,18 @@ pub struct Guest<'a> {
     pub timeout: Duration,
 }
 
+/// Prints what the guest appended to its output file since `shown` bytes; returns the new count.
+fn show_new_output(file: &Path, shown: usize) -> usize {
+    use std::io::Write;
+    let Ok(bytes) = std::fs::read(file) else { return shown };
+    if bytes.len() > shown {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&bytes[shown..]);
+        let _ = out.flush();
+    }
+    bytes.len().max(shown)
+}
+
 /// Drops the firmware's banner and terminal-reset sequences from a console line.
 fn strip_firmware_noise(line: &str) -> String {
     let line = line.trim_end_matches('\r');
@@ -54,7 +66,7 @@ impl Guest<'_> {
              for m in dm-thin-pool dm-snapshot loop ext4 xfs; do\n\
                modprobe -d {kroot} $m || echo \"guest: modprobe $m failed\"\n\
              done\n\
-             (\n{script}\n)\n\
+             (\n{script}\n) > {share}/output.txt 2>&1\n\
              echo $? > {share}/exit-code\n",
             kroot = self.kernel.root.display(),
             share = share.display(),
@@ -97,9 +109,16 @@ impl Guest<'_> {
                 }
             }
         });
+        // The command's output comes through a file on the run share, not the serial console
+        // (which carries kernel messages and can drop lines).
+        let output_file = share.join("output.txt");
+        let _ = std::fs::remove_file(&output_file);
+        let mut shown = 0usize;
         let start = Instant::now();
         let timed_out = loop {
+            shown = show_new_output(&output_file, shown);
             if child.try_wait()?.is_some() {
+                show_new_output(&output_file, shown);
                 break false;
             }
             if start.elapsed() > self.timeout {

@@ -39,8 +39,9 @@ pub fn seed_demonstration(e: &Engine<KernelPool>, tag: &str) -> Result {
     let from = Some(Source::Snapshot(Name::new("base-snap")?));
     e.create_volume("restored", 512 * MIB, from)?;
     let r = e.activate(Kind::Volume, "restored")?;
-    sh(&format!("e2fsck -f -y {} >/dev/null; resize2fs {} >/dev/null 2>&1", r.display(), r.display()))?;
     mount(&r, &mnt, "rw")?;
+    // Grow online to the larger volume, as NodeStageVolume does.
+    sh(&format!("resize2fs {} >/dev/null", r.display()))?;
     let read = std::fs::read_to_string(format!("{mnt}/hello.txt"))?;
     let size = sh(&format!("df -B1 --output=size {mnt} | tail -1"))?;
     umount(&mnt)?;

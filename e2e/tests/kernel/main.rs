@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             }
             Ok(Err(e)) => {
                 failed += 1;
-                println!("test {name} ... FAILED ({secs:.1}s): {e}");
+                println!("test {name} ... FAILED ({secs:.1}s): {}", e.to_string().escape_debug());
                 failures.push(*name);
             }
             Err(_) => {
