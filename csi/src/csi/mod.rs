@@ -43,7 +43,13 @@ pub struct Driver<P: ThinPool, M: Mounter> {
     pub max_volumes_per_node: i64,
     pub in_flight: guard::InFlight,
     pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Rung after every call that may change the pool, for the ThinPool publisher.
+    pub changed: Arc<tokio::sync::Notify>,
 }
+
+/// Calls after which the pool's published status is refreshed.
+const CHANGES_POOL: &[&str] =
+    &["CreateVolume", "DeleteVolume", "CreateSnapshot", "DeleteSnapshot", "NodeExpandVolume", "NodeStageVolume"];
 
 impl<P: ThinPool + 'static, M: Mounter + 'static> Driver<P, M> {
     /// Runs blocking work (ioctls, store transactions, mkfs) off the async runtime.
@@ -72,6 +78,9 @@ pub async fn observed<P: ThinPool, M: Mounter, T>(
     match result {
         Ok(v) => {
             driver.metrics.observe_call(method, tonic::Code::Ok, secs);
+            if CHANGES_POOL.contains(&method) {
+                driver.changed.notify_one();
+            }
             tracing::info!(method, volume, code = "OK", duration_ms = ms, "csi call");
             Ok(tonic::Response::new(v))
         }

@@ -39,6 +39,12 @@ pub struct NodeArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints ("" turns them off).
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9102")]
     pub metrics_address: String,
+    /// Publish this pool's ThinPool status to the Kubernetes API (in-cluster or kubeconfig).
+    #[arg(long, env = "PUBLISH_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub publish_status: bool,
+    /// Seconds between ThinPool heartbeats (status is also published on every change).
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_interval: u64,
     /// How often deletes deferred by an open device are retried, in seconds.
     #[arg(long, default_value_t = 10)]
     pub deferred_delete_interval: u64,
@@ -145,6 +151,9 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let _retrier = DeferredRetrier::start(engine.clone(), Duration::from_secs(args.deferred_delete_interval.max(1)))?;
     let metrics = Arc::new(crate::metrics::NodeMetrics::new()?);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let limits = config.limits;
+    let node_name = args.node_id.clone();
     let driver = Arc::new(Driver {
         engine: engine.clone(),
         mounter: Arc::new(LinuxMounter),
@@ -153,9 +162,25 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         max_volumes_per_node: args.max_volumes_per_node,
         in_flight: Default::default(),
         metrics: metrics.clone(),
+        changed: changed.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        if args.publish_status {
+            match kube::Client::try_default().await {
+                Ok(client) => {
+                    let timing = crate::k8s::publisher::Timing {
+                        heartbeat: Duration::from_secs(args.heartbeat_interval.max(1)),
+                        ..Default::default()
+                    };
+                    let api = kube::Api::all(client);
+                    tokio::spawn(crate::k8s::publisher::run(api, node_name, engine.clone(), limits, changed, timing));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Kubernetes API configuration: ThinPool status is not published")
+                }
+            }
+        }
         if let Some(addr) = metrics_addr {
             tokio::spawn(async move {
                 if let Err(e) = crate::metrics::serve(addr, metrics, engine).await {

@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
         max_volumes_per_node: 1000,
         in_flight: Default::default(),
         metrics: Arc::new(crate::metrics::NodeMetrics::new().unwrap()),
+        changed: Default::default(),
     });
     Fixture {
         identity: IdentityService { driver: driver.clone() },

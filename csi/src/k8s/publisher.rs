@@ -1,0 +1,194 @@
+//! The node's `ThinPool` publisher: server-side applies the pool's object and status under its own
+//! field manager on every pool change and on a heartbeat. It runs on its own task: CSI calls only
+//! ring a `Notify`, so an unreachable API server never blocks them; failures are retried with a
+//! capped backoff and the next success catches up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use tokio::sync::Notify;
+
+use super::crd::{ThinPool, ThinPoolStatus};
+use super::status;
+use crate::config::Limits;
+use crate::dm::ThinPool as Pool;
+use crate::engine::Engine;
+
+pub const FIELD_MANAGER: &str = "thinpool-csi-node";
+
+/// Applies the pool's object (named after the node) and then its status.
+pub async fn publish(api: &Api<ThinPool>, node: &str, status: &ThinPoolStatus) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let object = serde_json::json!({
+        "apiVersion": "thinpool.csi.io/v1alpha1",
+        "kind": "ThinPool",
+        "metadata": { "name": node },
+        "spec": { "nodeName": node },
+    });
+    api.patch(node, &params, &Patch::Apply(&object)).await?;
+    let with_status = serde_json::json!({
+        "apiVersion": "thinpool.csi.io/v1alpha1",
+        "kind": "ThinPool",
+        "metadata": { "name": node },
+        "status": status,
+    });
+    api.patch_status(node, &params, &Patch::Apply(&with_status)).await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_secs(30),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Publishes forever: at once, on every `changed` notification, and every heartbeat.
+pub async fn run<P: Pool + 'static>(
+    api: Api<ThinPool>,
+    node: String,
+    engine: Arc<Engine<P>>,
+    limits: Limits,
+    changed: Arc<Notify>,
+    timing: Timing,
+) {
+    let mut previous: Option<ThinPoolStatus> = None;
+    let mut backoff = timing.retry_min;
+    loop {
+        let e = engine.clone();
+        let wait = match tokio::task::spawn_blocking(move || e.report()).await {
+            Ok(Ok(report)) => {
+                let s = status::from_report(&node, &report, &limits, vec![], previous.as_ref(), &status::now());
+                match publish(&api, &node, &s).await {
+                    Ok(()) => {
+                        previous = Some(s);
+                        backoff = timing.retry_min;
+                        timing.heartbeat
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in = ?backoff, "publishing ThinPool status failed");
+                        let w = backoff;
+                        backoff = (backoff * 2).min(timing.retry_max);
+                        w
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "reading the pool for its ThinPool status");
+                timing.retry_max
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "pool report task failed");
+                timing.retry_max
+            }
+        };
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dm::memory::MemoryPool;
+    use crate::store::Store;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use kube::Client;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn engine() -> (Arc<Engine<MemoryPool>>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _) =
+            Engine::open(MemoryPool::new(10 << 30), Store::open(dir.path()).unwrap(), Limits::default()).unwrap();
+        (Arc::new(e), dir)
+    }
+
+    async fn expect(handle: &mut Handle, path: &str, reply: StatusCode) -> serde_json::Value {
+        let (req, send) = handle.next_request().await.expect("the publisher made no request");
+        assert_eq!(req.method(), Method::PATCH);
+        let uri = req.uri().to_string();
+        assert!(uri.starts_with(path), "{uri} does not start with {path}");
+        assert!(uri.contains("fieldManager=thinpool-csi-node") && uri.contains("force=true"), "{uri}");
+        let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        let answer = if reply.is_success() {
+            serde_json::json!({"apiVersion": "thinpool.csi.io/v1alpha1", "kind": "ThinPool", "metadata": {"name": "node-1"}, "spec": {"nodeName": "node-1"}})
+        } else {
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is down", "reason": "InternalError", "code": reply.as_u16()})
+        };
+        send.send_response(
+            Response::builder().status(reply).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+        );
+        body
+    }
+
+    const OBJ: &str = "/apis/thinpool.csi.io/v1alpha1/thinpools/node-1?";
+    const STATUS: &str = "/apis/thinpool.csi.io/v1alpha1/thinpools/node-1/status?";
+
+    #[tokio::test]
+    async fn publishes_object_then_status_and_retries_after_a_failure() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ThinPool> = Api::all(Client::new(mock, "default"));
+        let (e, _dir) = engine();
+        e.create_volume("v", 1 << 30, None).unwrap();
+        let changed = Arc::new(Notify::new());
+        let timing = Timing {
+            heartbeat: Duration::from_secs(3600),
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(40),
+        };
+        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), timing));
+
+        // The API fails first; the publisher retries on its own.
+        expect(&mut handle, OBJ, StatusCode::INTERNAL_SERVER_ERROR).await;
+        let spec = expect(&mut handle, OBJ, StatusCode::OK).await;
+        assert_eq!(spec["spec"]["nodeName"], "node-1");
+        let status = expect(&mut handle, STATUS, StatusCode::OK).await;
+        assert_eq!(status["status"]["volumes"], 1);
+        assert_eq!(status["status"]["state"], "Ready");
+        assert_eq!(status["status"]["provisionedBytes"], 1u64 << 30);
+
+        // A pool change is published without waiting for the heartbeat.
+        e.create_volume("w", 1 << 30, None).unwrap();
+        changed.notify_one();
+        expect(&mut handle, OBJ, StatusCode::OK).await;
+        let status = expect(&mut handle, STATUS, StatusCode::OK).await;
+        assert_eq!(status["status"]["volumes"], 2);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_hung_api_server_blocks_nothing_else() {
+        let (mock, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ThinPool> = Api::all(Client::new(mock, "default"));
+        let (e, _dir) = engine();
+        let changed = Arc::new(Notify::new());
+        let task =
+            tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), Timing::default()));
+        // The mock never answers; the engine and the notification still work at once.
+        for i in 0..5 {
+            let e2 = e.clone();
+            tokio::task::spawn_blocking(move || e2.create_volume(&format!("v{i}"), 1 << 20, None).unwrap())
+                .await
+                .unwrap();
+            changed.notify_one();
+        }
+        assert_eq!(e.list(crate::store::Kind::Volume).unwrap().len(), 5);
+        task.abort();
+    }
+}
