@@ -210,19 +210,17 @@ impl<P: ThinPool> Engine<P> {
         &self.limits
     }
 
+    /// Every record that holds a thin device: volumes, snapshots and devices not yet deleted.
+    fn all_records(&self) -> Result<Vec<Record>, EngineError> {
+        let mut all = self.store.list(Kind::Volume)?;
+        all.extend(self.store.list(Kind::Snapshot)?);
+        all.extend(self.store.deleting()?);
+        Ok(all)
+    }
+
     /// Sum of the virtual sizes of every volume, snapshot and not yet deleted device.
     pub fn provisioned_bytes(&self) -> Result<u64, EngineError> {
-        let mut sum = 0u64;
-        for r in self
-            .store
-            .list(Kind::Volume)?
-            .iter()
-            .chain(&self.store.list(Kind::Snapshot)?)
-            .chain(&self.store.deleting()?)
-        {
-            sum = sum.saturating_add(r.size_bytes);
-        }
-        Ok(sum)
+        Ok(self.all_records()?.iter().fold(0u64, |sum, r| sum.saturating_add(r.size_bytes)))
     }
 
     pub fn capacity(&self) -> Result<Capacity, EngineError> {
@@ -432,16 +430,7 @@ impl<P: ThinPool> Engine<P> {
 
     fn check_locked(&self) -> Result<CheckReport, EngineError> {
         let in_pool: std::collections::BTreeSet<ThinId> = self.pool.thin_ids()?.into_iter().collect();
-        let mut recorded = std::collections::BTreeSet::new();
-        for r in self
-            .store
-            .list(Kind::Volume)?
-            .iter()
-            .chain(&self.store.list(Kind::Snapshot)?)
-            .chain(&self.store.deleting()?)
-        {
-            recorded.insert(r.thin_id);
-        }
+        let recorded: std::collections::BTreeSet<ThinId> = self.all_records()?.iter().map(|r| r.thin_id).collect();
         let intents = self.store.intents()?;
         // An open create's id may or may not be in the pool yet: neither orphan nor missing.
         let pending: std::collections::BTreeSet<ThinId> = intents.iter().map(|i| i.record.thin_id).collect();
