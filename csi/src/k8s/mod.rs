@@ -2,6 +2,10 @@
 //! desired `CSIStorageCapacity` objects for the scheduler (pure), and the node's status publisher.
 
 pub mod capacity;
+pub mod controller;
+#[cfg(test)]
+mod controller_tests;
 pub mod crd;
+pub mod lease;
 pub mod publisher;
 pub mod status;

@@ -1,0 +1,203 @@
+//! The capacity controller's reconcile pass: reads every `ThinPool`, the StorageClasses of this
+//! driver and the `CSIStorageCapacity` objects it owns, marks pools whose node stopped reporting
+//! `Stale`, and creates, updates or deletes capacity objects until there is exactly one true
+//! object per (class, pool). Capacity objects are owned by their StorageClass, so deleting the
+//! class garbage-collects them even while no controller runs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::Client;
+
+use super::capacity::{self, Action, CapacityObject, PoolView, LABEL_CLASS, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
+use super::crd::ThinPool;
+use super::status;
+use crate::csi::{PLUGIN_NAME, TOPOLOGY_KEY};
+
+pub const FIELD_MANAGER: &str = "thinpool-csi-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("listing {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("marking pool {pool} stale: {source}")]
+    MarkStale {
+        pool: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{verb} CSIStorageCapacity {name}: {source}")]
+    Write {
+        verb: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub pools: usize,
+    pub stale_pools: usize,
+    pub newly_stale: Vec<String>,
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+}
+
+fn quantity(bytes: u64) -> Quantity {
+    Quantity(bytes.to_string())
+}
+
+fn bytes_of(q: Option<&Quantity>) -> u64 {
+    q.and_then(|q| q.0.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// A capacity object we own, as the pure planner sees it (`None` for one without our labels).
+fn view(obj: &CSIStorageCapacity) -> Option<CapacityObject> {
+    let labels = obj.metadata.labels.as_ref()?;
+    Some(CapacityObject {
+        name: obj.metadata.name.clone()?,
+        storage_class: obj.storage_class_name.clone(),
+        node: labels.get(LABEL_NODE)?.clone(),
+        capacity: bytes_of(obj.capacity.as_ref()),
+        maximum_volume_size: bytes_of(obj.maximum_volume_size.as_ref()),
+    })
+}
+
+fn object(d: &CapacityObject, namespace: &str, owner: Option<&StorageClass>) -> CSIStorageCapacity {
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_CLASS.to_owned(), d.storage_class.clone()),
+        (LABEL_NODE.to_owned(), d.node.clone()),
+    ]);
+    let owner_references = owner.and_then(|c| {
+        Some(vec![OwnerReference {
+            api_version: "storage.k8s.io/v1".into(),
+            kind: "StorageClass".into(),
+            name: c.metadata.name.clone()?,
+            uid: c.metadata.uid.clone()?,
+            ..Default::default()
+        }])
+    });
+    CSIStorageCapacity {
+        metadata: ObjectMeta {
+            name: Some(d.name.clone()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            owner_references,
+            ..Default::default()
+        },
+        storage_class_name: d.storage_class.clone(),
+        node_topology: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(TOPOLOGY_KEY.to_owned(), d.node.clone())])),
+            ..Default::default()
+        }),
+        capacity: Some(quantity(d.capacity)),
+        maximum_volume_size: Some(quantity(d.maximum_volume_size)),
+    }
+}
+
+/// One reconcile pass over the whole cluster.
+pub async fn reconcile(
+    client: &Client,
+    namespace: &str,
+    stale_after_secs: i64,
+    now: &Time,
+) -> Result<PassReport, ControllerError> {
+    let pools_api: Api<ThinPool> = Api::all(client.clone());
+    let classes_api: Api<StorageClass> = Api::all(client.clone());
+    let caps_api: Api<CSIStorageCapacity> = Api::namespaced(client.clone(), namespace);
+    let pools = pools_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ControllerError::List { what: "ThinPools", source })?
+        .items;
+    let classes: Vec<StorageClass> = classes_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ControllerError::List { what: "StorageClasses", source })?
+        .items
+        .into_iter()
+        .filter(|c| c.provisioner == PLUGIN_NAME)
+        .collect();
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    let existing = caps_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| ControllerError::List { what: "CSIStorageCapacities", source })?
+        .items;
+
+    let mut report = PassReport { pools: pools.len(), ..Default::default() };
+    let mut views = Vec::new();
+    for pool in &pools {
+        let Some(name) = pool.metadata.name.clone() else { continue };
+        let stale = status::is_stale(pool.status.as_ref(), now, stale_after_secs);
+        if stale {
+            report.stale_pools += 1;
+            let already = pool.status.as_ref().is_some_and(|s| s.state == status::STALE);
+            if !already {
+                let marked = status::mark_stale(&pool.status.clone().unwrap_or_default(), now, stale_after_secs);
+                let patch = serde_json::json!({ "status": marked });
+                pools_api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|source| ControllerError::MarkStale { pool: name.clone(), source })?;
+                report.newly_stale.push(name.clone());
+            }
+        }
+        views.push(PoolView {
+            node: pool.spec.node_name.clone(),
+            allowed_new_bytes: pool.status.as_ref().map_or(0, |s| s.allowed_new_bytes),
+            stale,
+        });
+    }
+    let class_names: Vec<String> = classes.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    let desired = capacity::desired(&class_names, &views);
+    let current: Vec<CapacityObject> = existing.iter().filter_map(view).collect();
+    for action in capacity::plan(&desired, &current) {
+        match action {
+            Action::Create(d) => {
+                let owner = classes.iter().find(|c| c.metadata.name.as_deref() == Some(d.storage_class.as_str()));
+                caps_api
+                    .create(
+                        &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                        &object(&d, namespace, owner),
+                    )
+                    .await
+                    .map_err(|source| ControllerError::Write { verb: "creating", name: d.name.clone(), source })?;
+                report.created += 1;
+            }
+            Action::Update(d) => {
+                let patch = serde_json::json!({ "capacity": d.capacity.to_string(), "maximumVolumeSize": d.maximum_volume_size.to_string() });
+                caps_api
+                    .patch(
+                        &d.name,
+                        &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(|source| ControllerError::Write { verb: "updating", name: d.name.clone(), source })?;
+                report.updated += 1;
+            }
+            Action::Delete { name } => {
+                match caps_api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    // Gone already (e.g. garbage-collected with its class): done.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(source) => return Err(ControllerError::Write { verb: "deleting", name, source }),
+                }
+                report.deleted += 1;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,116 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, so two controller replicas are safe:
+//! only the holder reconciles. The decision is pure ([`decide`]); [`LeaseKeeper::tick`] applies it
+//! with the Lease's resourceVersion, so two replicas racing for it cannot both win.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// Nobody holds it: create it.
+    Create,
+    /// We hold it, or its holder let it expire: take or renew it.
+    Take { transition: bool },
+    /// Someone else holds a live lease.
+    Follow,
+}
+
+/// What to do with the Lease, given who holds it, when it was renewed, and now.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> LeaseAction {
+    let Some(spec) = lease else { return LeaseAction::Create };
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder == me {
+        return LeaseAction::Take { transition: false };
+    }
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    let expired = match &spec.renew_time {
+        None => true,
+        Some(t) => now.as_second() - t.0.as_second() > duration,
+    };
+    if holder.is_empty() || expired {
+        LeaseAction::Take { transition: true }
+    } else {
+        LeaseAction::Follow
+    }
+}
+
+pub struct LeaseKeeper {
+    pub api: Api<Lease>,
+    pub name: String,
+    pub identity: String,
+    pub duration_secs: i32,
+}
+
+impl LeaseKeeper {
+    /// Takes or renews the Lease when we may; returns whether we lead now.
+    pub async fn tick(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let current = self.api.get_opt(&self.name).await?;
+        let action = decide(current.as_ref().and_then(|l| l.spec.as_ref()), &self.identity, now);
+        let spec = |transitions: i32| LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration_secs),
+            renew_time: Some(MicroTime(now)),
+            acquire_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        };
+        match (action, current) {
+            (LeaseAction::Follow, _) => Ok(false),
+            (LeaseAction::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                    spec: Some(spec(0)),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    // Another replica created it first.
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            (LeaseAction::Take { transition }, Some(mut lease)) => {
+                let old = lease.spec.clone().unwrap_or_default();
+                let mut new = spec(old.lease_transitions.unwrap_or(0) + i32::from(transition));
+                if !transition {
+                    new.acquire_time = old.acquire_time;
+                }
+                lease.spec = Some(new);
+                // replace() sends the resourceVersion we read: a concurrent change makes it 409.
+                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let now = Timestamp::from_second(1000).unwrap();
+        assert_eq!(decide(None, "a", now), LeaseAction::Create);
+        assert_eq!(decide(Some(&spec("a", 999)), "a", now), LeaseAction::Take { transition: false });
+        assert_eq!(decide(Some(&spec("b", 990)), "a", now), LeaseAction::Follow);
+        assert_eq!(decide(Some(&spec("b", 980)), "a", now), LeaseAction::Take { transition: true });
+        assert_eq!(decide(Some(&spec("", 999)), "a", now), LeaseAction::Take { transition: true });
+        let never = LeaseSpec { holder_identity: Some("b".into()), ..Default::default() };
+        assert_eq!(decide(Some(&never), "a", now), LeaseAction::Take { transition: true });
+    }
+}
