@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Serve the CSI Identity, Controller and Node services for this node's pool.
     Node(NodeArgs),
+    /// Keep CSIStorageCapacity objects true for every (StorageClass, ThinPool); leader-elected.
+    Controller(thinpool_csi::k8s::run::ControllerArgs),
     /// The node's thin pool.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -37,6 +39,7 @@ enum Command {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args),
+        Command::Controller(args) => thinpool_csi::k8s::run::run_controller(args),
         Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
         Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
         Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
@@ -49,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Node(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Node(_) | Command::Controller(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

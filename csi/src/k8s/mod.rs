@@ -8,4 +8,5 @@ mod controller_tests;
 pub mod crd;
 pub mod lease;
 pub mod publisher;
+pub mod run;
 pub mod status;
