@@ -44,6 +44,8 @@ pub struct NodeMetrics {
     volume_mapped: IntGaugeVec,
     csi_seconds: HistogramVec,
     csi_calls: IntCounterVec,
+    orphaned: IntGauge,
+    missing: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -104,12 +106,28 @@ impl NodeMetrics {
             )?,
             volumes: gauge(&r, "thinpool_volumes", "Volumes in the pool.")?,
             snapshots: gauge(&r, "thinpool_snapshots", "Snapshots in the pool.")?,
+            orphaned: gauge(
+                &r,
+                "thinpool_orphaned_volumes",
+                "Volumes on this node that no PersistentVolume references.",
+            )?,
+            missing: gauge(
+                &r,
+                "thinpool_missing_volumes",
+                "PersistentVolumes for this node whose volume the node does not have.",
+            )?,
             registry: r,
             pool_mode,
             volume_mapped,
             csi_seconds,
             csi_calls,
         })
+    }
+
+    /// Records the orphan report (from the ThinPool publisher).
+    pub fn set_orphans(&self, orphaned: usize, missing: usize) {
+        self.orphaned.set(i64::try_from(orphaned).unwrap_or(i64::MAX));
+        self.missing.set(i64::try_from(missing).unwrap_or(i64::MAX));
     }
 
     /// Records one CSI call.

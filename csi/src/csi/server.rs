@@ -174,7 +174,15 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                         ..Default::default()
                     };
                     let api = kube::Api::all(client);
-                    tokio::spawn(crate::k8s::publisher::run(api, node_name, engine.clone(), limits, changed, timing));
+                    tokio::spawn(crate::k8s::publisher::run(
+                        api,
+                        node_name,
+                        engine.clone(),
+                        limits,
+                        changed,
+                        timing,
+                        Some(metrics.clone()),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no Kubernetes API configuration: ThinPool status is not published")

@@ -82,6 +82,9 @@ pub struct ThinPoolStatus {
     /// Volumes no PersistentVolume references (reported, never deleted unless configured).
     #[serde(default)]
     pub orphaned_volumes: Vec<String>,
+    /// PersistentVolumes of this driver for this node whose volume the node does not have.
+    #[serde(default)]
+    pub missing_volumes: Vec<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -7,6 +7,7 @@ pub mod controller;
 mod controller_tests;
 pub mod crd;
 pub mod lease;
+pub mod orphans;
 pub mod publisher;
 pub mod run;
 pub mod status;

@@ -55,6 +55,35 @@ impl Default for Timing {
     }
 }
 
+/// This node's volumes against the cluster's PersistentVolumes of this driver. Without access to
+/// PVs (RBAC, API down) the report is empty rather than wrong.
+async fn orphan_report<P: Pool + 'static>(
+    api: &Api<ThinPool>,
+    node: &str,
+    engine: &Arc<Engine<P>>,
+) -> super::orphans::OrphanReport {
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(api.clone().into_client());
+    let handles: Vec<String> = match pvs.list(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter_map(|pv| pv.spec?.csi)
+            .filter(|csi| csi.driver == crate::csi::PLUGIN_NAME)
+            .map(|csi| csi.volume_handle)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing PersistentVolumes for the orphan report");
+            return Default::default();
+        }
+    };
+    let e = engine.clone();
+    let volumes = match tokio::task::spawn_blocking(move || e.list(crate::store::Kind::Volume)).await {
+        Ok(Ok(v)) => v.into_iter().map(|r| r.name.as_str().to_owned()).collect::<Vec<_>>(),
+        _ => return Default::default(),
+    };
+    super::orphans::report(node, &volumes, &handles)
+}
+
 /// Publishes forever: at once, on every `changed` notification, and every heartbeat.
 pub async fn run<P: Pool + 'static>(
     api: Api<ThinPool>,
@@ -63,6 +92,7 @@ pub async fn run<P: Pool + 'static>(
     limits: Limits,
     changed: Arc<Notify>,
     timing: Timing,
+    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
 ) {
     let mut previous: Option<ThinPoolStatus> = None;
     let mut backoff = timing.retry_min;
@@ -70,7 +100,11 @@ pub async fn run<P: Pool + 'static>(
         let e = engine.clone();
         let wait = match tokio::task::spawn_blocking(move || e.report()).await {
             Ok(Ok(report)) => {
-                let s = status::from_report(&node, &report, &limits, vec![], previous.as_ref(), &status::now());
+                let orphans = orphan_report(&api, &node, &engine).await;
+                if let Some(m) = &metrics {
+                    m.set_orphans(orphans.orphaned.len(), orphans.missing.len());
+                }
+                let s = status::from_report(&node, &report, &limits, orphans, previous.as_ref(), &status::now());
                 match publish(&api, &node, &s).await {
                     Ok(()) => {
                         previous = Some(s);
@@ -121,9 +155,17 @@ mod tests {
 
     async fn expect(handle: &mut Handle, path: &str, reply: StatusCode) -> serde_json::Value {
         let (req, send) = handle.next_request().await.expect("the publisher made no request");
-        assert_eq!(req.method(), Method::PATCH);
         let uri = req.uri().to_string();
         assert!(uri.starts_with(path), "{uri} does not start with {path}");
+        if req.method() == Method::GET {
+            let pvs = serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {"resourceVersion": "1"}, "items": [
+                {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-1"},
+                 "spec": {"csi": {"driver": "thinpool.csi.io", "volumeHandle": "gone@node-1"}}}
+            ]});
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pvs).unwrap())).unwrap());
+            return serde_json::Value::Null;
+        }
+        assert_eq!(req.method(), Method::PATCH);
         assert!(uri.contains("fieldManager=thinpool-csi-node") && uri.contains("force=true"), "{uri}");
         let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
         let answer = if reply.is_success() {
@@ -137,6 +179,7 @@ mod tests {
         body
     }
 
+    const PVS: &str = "/api/v1/persistentvolumes?";
     const OBJ: &str = "/apis/thinpool.csi.io/v1alpha1/thinpools/node-1?";
     const STATUS: &str = "/apis/thinpool.csi.io/v1alpha1/thinpools/node-1/status?";
 
@@ -152,20 +195,26 @@ mod tests {
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_millis(40),
         };
-        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), timing));
+        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), timing, None));
 
         // The API fails first; the publisher retries on its own.
+        expect(&mut handle, PVS, StatusCode::OK).await;
         expect(&mut handle, OBJ, StatusCode::INTERNAL_SERVER_ERROR).await;
+        expect(&mut handle, PVS, StatusCode::OK).await;
         let spec = expect(&mut handle, OBJ, StatusCode::OK).await;
         assert_eq!(spec["spec"]["nodeName"], "node-1");
         let status = expect(&mut handle, STATUS, StatusCode::OK).await;
         assert_eq!(status["status"]["volumes"], 1);
         assert_eq!(status["status"]["state"], "Ready");
         assert_eq!(status["status"]["provisionedBytes"], 1u64 << 30);
+        // The orphan report: "v" has no PV; the PV "gone@node-1" has no volume.
+        assert_eq!(status["status"]["orphanedVolumes"], serde_json::json!(["v"]));
+        assert_eq!(status["status"]["missingVolumes"], serde_json::json!(["gone@node-1"]));
 
         // A pool change is published without waiting for the heartbeat.
         e.create_volume("w", 1 << 30, None).unwrap();
         changed.notify_one();
+        expect(&mut handle, PVS, StatusCode::OK).await;
         expect(&mut handle, OBJ, StatusCode::OK).await;
         let status = expect(&mut handle, STATUS, StatusCode::OK).await;
         assert_eq!(status["status"]["volumes"], 2);
@@ -178,8 +227,15 @@ mod tests {
         let api: Api<ThinPool> = Api::all(Client::new(mock, "default"));
         let (e, _dir) = engine();
         let changed = Arc::new(Notify::new());
-        let task =
-            tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), Timing::default()));
+        let task = tokio::spawn(run(
+            api,
+            "node-1".into(),
+            e.clone(),
+            Limits::default(),
+            changed.clone(),
+            Timing::default(),
+            None,
+        ));
         // The mock never answers; the engine and the notification still work at once.
         for i in 0..5 {
             let e2 = e.clone();

@@ -72,7 +72,7 @@ pub fn from_report(
     node: &str,
     report: &PoolReport,
     limits: &Limits,
-    orphans: Vec<String>,
+    orphans: super::orphans::OrphanReport,
     previous: Option<&ThinPoolStatus>,
     now: &Time,
 ) -> ThinPoolStatus {
@@ -137,7 +137,8 @@ pub fn from_report(
         transaction_id: c.transaction_id.unwrap_or(0),
         state: summary(&conditions),
         last_heartbeat: Some(now.clone()),
-        orphaned_volumes: orphans,
+        orphaned_volumes: orphans.orphaned,
+        missing_volumes: orphans.missing,
         conditions,
     }
 }
@@ -220,7 +221,14 @@ mod tests {
 
     #[test]
     fn a_healthy_pool_is_ready() {
-        let s = from_report("n1", &report(100, 100, PoolMode::Rw, false), &Limits::default(), vec![], None, &at(100));
+        let s = from_report(
+            "n1",
+            &report(100, 100, PoolMode::Rw, false),
+            &Limits::default(),
+            Default::default(),
+            None,
+            &at(100),
+        );
         assert_eq!(s.state, "Ready");
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!((s.data_percent, s.volumes, s.transaction_id, s.mode.as_str()), (10.0, 3, 9, "rw"));
@@ -231,16 +239,17 @@ mod tests {
     #[test]
     fn condition_rules() {
         let l = Limits::default();
-        let data = from_report("n", &report(950, 100, PoolMode::Rw, false), &l, vec![], None, &at(1));
+        let data = from_report("n", &report(950, 100, PoolMode::Rw, false), &l, Default::default(), None, &at(1));
         assert_eq!((data.state.as_str(), cond(&data, READY).status.as_str()), ("DataPressure", "False"));
-        let meta = from_report("n", &report(10, 850, PoolMode::Rw, false), &l, vec![], None, &at(1));
+        let meta = from_report("n", &report(10, 850, PoolMode::Rw, false), &l, Default::default(), None, &at(1));
         assert_eq!(meta.state, "MetadataPressure");
-        let ro = from_report("n", &report(10, 10, PoolMode::Ro, false), &l, vec![], None, &at(1));
+        let ro = from_report("n", &report(10, 10, PoolMode::Ro, false), &l, Default::default(), None, &at(1));
         assert_eq!(ro.state, "ReadOnly");
-        let oods = from_report("n", &report(1000, 10, PoolMode::OutOfDataSpace, false), &l, vec![], None, &at(1));
+        let oods =
+            from_report("n", &report(1000, 10, PoolMode::OutOfDataSpace, false), &l, Default::default(), None, &at(1));
         assert_eq!(oods.state, "ReadOnly");
         assert_eq!(cond(&oods, DATA_PRESSURE).status, "True");
-        let nc = from_report("n", &report(10, 10, PoolMode::Ro, true), &l, vec![], None, &at(1));
+        let nc = from_report("n", &report(10, 10, PoolMode::Ro, true), &l, Default::default(), None, &at(1));
         assert_eq!(nc.state, "NeedsCheck");
         assert_eq!(nc.allowed_new_bytes, 0);
     }
@@ -248,17 +257,26 @@ mod tests {
     #[test]
     fn transition_times_move_only_on_change() {
         let l = Limits::default();
-        let first = from_report("n", &report(10, 10, PoolMode::Rw, false), &l, vec![], None, &at(100));
-        let same = from_report("n", &report(20, 10, PoolMode::Rw, false), &l, vec![], Some(&first), &at(200));
+        let first = from_report("n", &report(10, 10, PoolMode::Rw, false), &l, Default::default(), None, &at(100));
+        let same =
+            from_report("n", &report(20, 10, PoolMode::Rw, false), &l, Default::default(), Some(&first), &at(200));
         assert_eq!(cond(&same, READY).last_transition_time, at(100));
-        let full = from_report("n", &report(950, 10, PoolMode::Rw, false), &l, vec![], Some(&same), &at(300));
+        let full =
+            from_report("n", &report(950, 10, PoolMode::Rw, false), &l, Default::default(), Some(&same), &at(300));
         assert_eq!(cond(&full, DATA_PRESSURE).last_transition_time, at(300));
         assert_eq!(cond(&full, READ_ONLY).last_transition_time, at(100));
     }
 
     #[test]
     fn staleness() {
-        let s = from_report("n", &report(10, 10, PoolMode::Rw, false), &Limits::default(), vec![], None, &at(1000));
+        let s = from_report(
+            "n",
+            &report(10, 10, PoolMode::Rw, false),
+            &Limits::default(),
+            Default::default(),
+            None,
+            &at(1000),
+        );
         assert!(!is_stale(Some(&s), &at(1050), 60));
         assert!(is_stale(Some(&s), &at(1061), 60));
         assert!(is_stale(None, &at(0), 60));
