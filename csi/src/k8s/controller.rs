@@ -19,6 +19,27 @@ use crate::csi::{PLUGIN_NAME, TOPOLOGY_KEY};
 
 pub const FIELD_MANAGER: &str = "thinpool-csi-controller";
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_on_state_changes_only() {
+        let cur = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        let mut prev = BTreeMap::new();
+        let e = pool_events(&prev, &cur(&[("n1", "Ready"), ("n2", "DataPressure")]));
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0.as_str(), e[0].1, e[0].2.as_str()), ("n2", true, "DataPressure"));
+        prev.insert("n1".to_owned(), "Ready".to_owned());
+        prev.insert("n2".to_owned(), "DataPressure".to_owned());
+        assert!(pool_events(&prev, &cur(&[("n1", "Ready"), ("n2", "DataPressure")])).is_empty());
+        let e = pool_events(&prev, &cur(&[("n1", "Stale"), ("n2", "Ready")]));
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].1, e[0].2.as_str()), (true, "Stale"));
+        assert_eq!((e[1].1, e[1].2.as_str()), (false, "Recovered"));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("listing {what}: {source}")]
@@ -48,6 +69,8 @@ pub struct PassReport {
     pub pools: usize,
     pub stale_pools: usize,
     pub newly_stale: Vec<String>,
+    /// Each pool's one-word state after this pass (name, state).
+    pub states: Vec<(String, String)>,
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
@@ -106,6 +129,46 @@ fn object(d: &CapacityObject, namespace: &str, owner: Option<&StorageClass>) -> 
     }
 }
 
+/// An Event to raise for a pool: (pool, warning?, reason, note).
+pub type PoolEvent = (String, bool, String, String);
+
+/// Events for pools whose state changed since the last pass (or that are first seen unhealthy):
+/// a Warning when a pool enters Stale, NeedsCheck, ReadOnly, DataPressure or MetadataPressure,
+/// a Normal `Recovered` when it is Ready again.
+pub fn pool_events(previous: &BTreeMap<String, String>, current: &[(String, String)]) -> Vec<PoolEvent> {
+    let mut out = Vec::new();
+    for (pool, state) in current {
+        let before = previous.get(pool).map(String::as_str);
+        if before == Some(state.as_str()) || state.is_empty() {
+            continue;
+        }
+        match state.as_str() {
+            status::READY => {
+                if before.is_some_and(|b| b != status::READY) {
+                    out.push((pool.clone(), false, "Recovered".to_owned(), format!("pool {pool} is Ready again")));
+                }
+            }
+            s => {
+                let note = match s {
+                    status::STALE => {
+                        format!("the node of pool {pool} stopped reporting; no new volumes are placed there")
+                    }
+                    status::NEEDS_CHECK => {
+                        format!("pool {pool} needs a metadata check (thin_check) and takes no new volumes")
+                    }
+                    status::READ_ONLY => format!("pool {pool} is read-only or out of data space"),
+                    status::DATA_PRESSURE => {
+                        format!("pool {pool} data fill is above its limit; no new volumes are placed there")
+                    }
+                    _ => format!("pool {pool} metadata fill is above its limit; no new volumes are placed there"),
+                };
+                out.push((pool.clone(), true, s.to_owned(), note));
+            }
+        }
+    }
+    out
+}
+
 /// One reconcile pass over the whole cluster.
 pub async fn reconcile(
     client: &Client,
@@ -154,6 +217,12 @@ pub async fn reconcile(
                 report.newly_stale.push(name.clone());
             }
         }
+        let state = if stale {
+            status::STALE.to_owned()
+        } else {
+            pool.status.as_ref().map_or_else(String::new, |s| s.state.clone())
+        };
+        report.states.push((name.clone(), state));
         views.push(PoolView {
             node: pool.spec.node_name.clone(),
             allowed_new_bytes: pool.status.as_ref().map_or(0, |s| s.allowed_new_bytes),

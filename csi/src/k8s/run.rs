@@ -19,7 +19,7 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, I
 use tokio::sync::Notify;
 
 use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
-use super::controller::{reconcile, PassReport};
+use super::controller::{pool_events, reconcile, PassReport};
 use super::crd::ThinPool;
 use super::lease::LeaseKeeper;
 use super::status;
@@ -148,6 +148,14 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             duration_secs: 15,
         };
         tracing::info!(identity = %args.identity, namespace = %args.namespace, "controller started");
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "thinpool-csi-controller".into(),
+                instance: Some(args.identity.clone()),
+            },
+        );
+        let mut last_states = std::collections::BTreeMap::new();
         loop {
             let leader = match keeper.tick().await {
                 Ok(l) => {
@@ -166,6 +174,29 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 match reconcile(&client, &args.namespace, args.stale_after, &status::now()).await {
                     Ok(r) => {
                         metrics.record(&r, start.elapsed().as_secs_f64());
+                        for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
+                            let event = kube::runtime::events::Event {
+                                type_: if warning {
+                                    kube::runtime::events::EventType::Warning
+                                } else {
+                                    kube::runtime::events::EventType::Normal
+                                },
+                                reason,
+                                note: Some(note),
+                                action: "Reconcile".into(),
+                                secondary: None,
+                            };
+                            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                                api_version: Some("thinpool.csi.io/v1alpha1".into()),
+                                kind: Some("ThinPool".into()),
+                                name: Some(pool.clone()),
+                                ..Default::default()
+                            };
+                            if let Err(e) = recorder.publish(&event, &reference).await {
+                                tracing::warn!(error = %e, pool = %pool, "publishing an event");
+                            }
+                        }
+                        last_states = r.states.iter().cloned().collect();
                         for pool in &r.newly_stale {
                             tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
                         }
