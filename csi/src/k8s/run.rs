@@ -223,3 +223,31 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_metrics_after_a_pass() {
+        let m = Metrics::new().unwrap();
+        m.leader.set(1);
+        let pass = PassReport { pools: 3, stale_pools: 1, created: 2, updated: 1, deleted: 0, ..Default::default() };
+        m.record(&pass, 0.02);
+        m.errors.inc();
+        let text = m.render();
+        for (series, value) in [
+            ("thinpool_controller_pools", "3"),
+            ("thinpool_controller_stale_pools", "1"),
+            ("thinpool_controller_leader", "1"),
+            ("thinpool_controller_capacity_writes_total{op=\"create\"}", "2"),
+            ("thinpool_controller_capacity_writes_total{op=\"update\"}", "1"),
+            ("thinpool_controller_reconcile_errors_total", "1"),
+            ("thinpool_controller_reconcile_duration_seconds_count", "1"),
+        ] {
+            assert!(text.lines().any(|l| l == format!("{series} {value}")), "{series} {value} missing in:\n{text}");
+        }
+        assert!(text.contains("# TYPE thinpool_controller_reconcile_duration_seconds histogram"));
+        assert!(text.contains("# TYPE thinpool_controller_capacity_writes_total counter"));
+    }
+}
