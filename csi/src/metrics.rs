@@ -157,7 +157,7 @@ impl NodeMetrics {
         self.set_pool(&engine.report()?);
         self.volume_mapped.reset();
         for v in engine.list(Kind::Volume)? {
-            if let Some(bytes) = engine.mapped_bytes(Kind::Volume, v.name.as_str())? {
+            if let Some(bytes) = engine.mapped_bytes_of(&v)? {
                 self.volume_mapped.with_label_values(&[v.name.as_str()]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
         }

@@ -223,21 +223,28 @@ impl<P: ThinPool> Engine<P> {
         Ok(self.all_records()?.iter().fold(0u64, |sum, r| sum.saturating_add(r.size_bytes)))
     }
 
-    pub fn capacity(&self) -> Result<Capacity, EngineError> {
-        let status = self.pool.status()?;
-        Ok(capacity::capacity(&status, self.pool.info().block_bytes(), self.provisioned_bytes()?, &self.limits))
+    fn capacity_with(&self, status: &PoolStatus, provisioned: u64) -> Capacity {
+        capacity::capacity(status, self.pool.info().block_bytes(), provisioned, &self.limits)
     }
 
+    pub fn capacity(&self) -> Result<Capacity, EngineError> {
+        Ok(self.capacity_with(&self.pool.status()?, self.provisioned_bytes()?))
+    }
+
+    /// The pool as a whole, from one status read and one read of the records.
     pub fn report(&self) -> Result<PoolReport, EngineError> {
         let status = self.pool.status()?;
-        let cap = capacity::capacity(&status, self.pool.info().block_bytes(), self.provisioned_bytes()?, &self.limits);
+        let (volumes, snapshots) = (self.store.list(Kind::Volume)?, self.store.list(Kind::Snapshot)?);
+        let deleting = self.store.deleting()?;
+        let provisioned =
+            volumes.iter().chain(&snapshots).chain(&deleting).fold(0u64, |sum, r| sum.saturating_add(r.size_bytes));
         Ok(PoolReport {
             info: self.pool.info().clone(),
+            capacity: self.capacity_with(&status, provisioned),
             status,
-            capacity: cap,
-            volumes: self.store.list(Kind::Volume)?.len(),
-            snapshots: self.store.list(Kind::Snapshot)?.len(),
-            deleting: self.store.deleting()?.len(),
+            volumes: volumes.len(),
+            snapshots: snapshots.len(),
+            deleting: deleting.len(),
         })
     }
 
@@ -453,8 +460,12 @@ impl<P: ThinPool> Engine<P> {
 
     /// Mapped (written) bytes of an active device, from its thin target status.
     pub fn mapped_bytes(&self, kind: Kind, name: &str) -> Result<Option<u64>, EngineError> {
-        let r = self.must_get(kind, &Name::new(name)?)?;
-        Ok(self.pool.mapped_sectors(r.thin_id)?.map(|s| s * SECTOR))
+        self.mapped_bytes_of(&self.must_get(kind, &Name::new(name)?)?)
+    }
+
+    /// Mapped bytes of a record already read (no store read).
+    pub fn mapped_bytes_of(&self, record: &Record) -> Result<Option<u64>, EngineError> {
+        Ok(self.pool.mapped_sectors(record.thin_id)?.map(|s| s * SECTOR))
     }
 }
 
