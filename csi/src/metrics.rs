@@ -191,9 +191,9 @@ async fn metrics_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>
 
 async fn ready_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
     let engine = s.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.capacity()).await {
-        Ok(Ok(c)) if c.state == PoolState::Rw => (StatusCode::OK, "ready\n".into()),
-        Ok(Ok(c)) => (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {}\n", c.state)),
+    match tokio::task::spawn_blocking(move || engine.pool_state()).await {
+        Ok(Ok(PoolState::Rw)) => (StatusCode::OK, "ready\n".into()),
+        Ok(Ok(state)) => (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {state}\n")),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }

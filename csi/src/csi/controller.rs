@@ -92,8 +92,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
     }
 
     fn condition(&self) -> Result<proto::VolumeCondition, CsiError> {
-        let cap = self.driver.engine.capacity()?;
-        Ok(match cap.state {
+        Ok(match self.driver.engine.pool_state()? {
             PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "pool is rw".into() },
             s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
         })
@@ -262,12 +261,9 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::ListVolumesResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "ListVolumes", "", async {
-            let records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Volume)?)).await?;
-            let condition = self.driver.blocking({
-                let me = self.clone();
-                move |_| me.condition()
-            });
-            let condition = condition.await?;
+            let me = self.clone();
+            let (records, condition) =
+                self.driver.blocking(move |d| Ok((d.engine.list(Kind::Volume)?, me.condition()?))).await?;
             let mut entries = Vec::new();
             for r in &records {
                 entries.push(proto::list_volumes_response::Entry {

@@ -61,9 +61,9 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
 
     async fn probe(&self, _req: Request<proto::ProbeRequest>) -> Result<Response<proto::ProbeResponse>, Status> {
         observed(&self.driver, "Probe", "", async {
-            let cap = self.driver.blocking(|d| Ok(d.engine.capacity()?)).await?;
-            if cap.state != PoolState::Rw {
-                return Err(CsiError::FailedPrecondition(format!("the pool is {}, not rw", cap.state)));
+            let state = self.driver.blocking(|d| Ok(d.engine.pool_state()?)).await?;
+            if state != PoolState::Rw {
+                return Err(CsiError::FailedPrecondition(format!("the pool is {state}, not rw")));
             }
             Ok(proto::ProbeResponse { ready: Some(true) })
         })

@@ -237,7 +237,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                     if !m.exists(&path) && m.mounted(&path)?.is_none() {
                         return Err(CsiError::NotFound(format!("volume path {} does not exist", path.display())));
                     }
-                    let pool = d.engine.capacity()?.state;
+                    let pool = d.engine.pool_state()?;
                     let mut condition = match pool {
                         PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "healthy".into() },
                         s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },

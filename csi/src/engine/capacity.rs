@@ -76,11 +76,24 @@ impl Capacity {
     }
 }
 
+/// The pool's state from its status alone.
+pub fn state_of(status: &PoolStatus) -> PoolState {
+    match status {
+        PoolStatus::Fail => PoolState::Fail,
+        PoolStatus::Working(s) => match (s.needs_check, s.mode) {
+            (true, _) => PoolState::NeedsCheck,
+            (false, PoolMode::Rw) => PoolState::Rw,
+            (false, PoolMode::Ro) => PoolState::Ro,
+            (false, PoolMode::OutOfDataSpace) => PoolState::OutOfDataSpace,
+        },
+    }
+}
+
 /// The pool's capacity from its status, data block size, what is provisioned, and the limits.
 pub fn capacity(status: &PoolStatus, block_bytes: u64, provisioned_bytes: u64, limits: &Limits) -> Capacity {
     let PoolStatus::Working(s) = status else {
         return Capacity {
-            state: PoolState::Fail,
+            state: state_of(status),
             transaction_id: None,
             data_total_bytes: 0,
             data_used_bytes: 0,
@@ -92,12 +105,7 @@ pub fn capacity(status: &PoolStatus, block_bytes: u64, provisioned_bytes: u64, l
         };
     };
     let mut cap = Capacity {
-        state: match (s.needs_check, s.mode) {
-            (true, _) => PoolState::NeedsCheck,
-            (false, PoolMode::Rw) => PoolState::Rw,
-            (false, PoolMode::Ro) => PoolState::Ro,
-            (false, PoolMode::OutOfDataSpace) => PoolState::OutOfDataSpace,
-        },
+        state: state_of(status),
         transaction_id: Some(s.transaction_id),
         data_total_bytes: s.data_total.saturating_mul(block_bytes),
         data_used_bytes: s.data_used.saturating_mul(block_bytes),

@@ -227,6 +227,11 @@ impl<P: ThinPool> Engine<P> {
         capacity::capacity(status, self.pool.info().block_bytes(), provisioned, &self.limits)
     }
 
+    /// The pool's state (rw, ro, ...) from one status read, without reading the records.
+    pub fn pool_state(&self) -> Result<PoolState, EngineError> {
+        Ok(capacity::state_of(&self.pool.status()?))
+    }
+
     pub fn capacity(&self) -> Result<Capacity, EngineError> {
         Ok(self.capacity_with(&self.pool.status()?, self.provisioned_bytes()?))
     }
