@@ -211,7 +211,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         metrics.errors.inc();
-                        tracing::warn!(error = %super::super::csi::error::chain(&e), "reconcile failed");
+                        tracing::warn!(error = %crate::csi::error::chain(&e), "reconcile failed");
                     }
                 }
             }
