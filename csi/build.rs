@@ -4,6 +4,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/csi.proto");
     let fds = protox::compile(["proto/csi.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Calls a service does not implement answer UNIMPLEMENTED (the capability endpoint).
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -16,7 +16,13 @@ pub enum PoolKindArg {
     Loop,
     /// An existing LVM thin pool given by --lvm-pool VG/LV (production).
     DirectLvm,
+    /// direct-lvm on the empty disk --device: the pool --lvm-pool (default thinpool-csi/thinpool) is
+    /// built there on first start and adopted afterwards; a disk holding data is refused.
+    Device,
 }
+
+/// The VG/LV `--pool device` builds when --lvm-pool is not given.
+pub const DEFAULT_DEVICE_POOL: &str = "thinpool-csi/thinpool";
 
 /// Flags shared by every subcommand that opens the pool.
 #[derive(Args, Clone, Debug)]
@@ -42,7 +48,10 @@ pub struct PoolArgs {
     /// Data block (chunk) size of a new loop pool: a multiple of 64Ki from 64Ki to 1Gi.
     #[arg(long, env = "THINPOOL_CSI_LOOP_BLOCK_SIZE", default_value = "64Ki")]
     pub loop_block_size: String,
-    /// The LVM thin pool to adopt, as VG/LV (with --pool direct-lvm).
+    /// The block device for --pool device, e.g. /dev/sdb or /dev/disk/by-id/...
+    #[arg(long, env = "THINPOOL_CSI_DEVICE")]
+    pub device: Option<PathBuf>,
+    /// The LVM thin pool to adopt, as VG/LV (with --pool direct-lvm), or to build (--pool device).
     #[arg(long, env = "THINPOOL_CSI_LVM_POOL")]
     pub lvm_pool: Option<String>,
     /// Virtual bytes that may be provisioned per byte of pool data space.
@@ -69,6 +78,7 @@ pub struct LoopSpec {
 pub enum PoolSpec {
     Loop(LoopSpec),
     DirectLvm { vg: String, lv: String },
+    Device { device: String, vg: String, lv: String },
 }
 
 /// Admission limits (see `engine::capacity`).
@@ -98,6 +108,8 @@ pub enum ConfigError {
     Invalid { flag: &'static str, value: String, reason: String },
     #[error("--pool direct-lvm needs --lvm-pool VG/LV naming an existing LVM thin pool")]
     MissingLvmPool,
+    #[error("--pool device needs --device naming an empty block device (e.g. /dev/sdb)")]
+    MissingDevice,
 }
 
 fn invalid(flag: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
@@ -118,6 +130,13 @@ pub fn valid_lvm_name(s: &str) -> bool {
 pub fn default_meta_bytes(data_bytes: u64, block_bytes: u64) -> u64 {
     let raw = 48 * (data_bytes / block_bytes.max(1));
     raw.clamp(4 << 20, 16 << 30).div_ceil(1 << 20) << 20
+}
+
+fn vg_lv(spec: &str) -> Result<(String, String), ConfigError> {
+    spec.split_once('/')
+        .filter(|(vg, lv)| valid_lvm_name(vg) && valid_lvm_name(lv))
+        .map(|(vg, lv)| (vg.to_owned(), lv.to_owned()))
+        .ok_or_else(|| invalid("lvm-pool", spec, "must be VG/LV with LVM names on both sides"))
 }
 
 impl PoolArgs {
@@ -142,12 +161,19 @@ impl PoolArgs {
         let pool = match self.kind {
             PoolKindArg::Loop => PoolSpec::Loop(self.loop_spec()?),
             PoolKindArg::DirectLvm => {
-                let spec = self.lvm_pool.as_deref().ok_or(ConfigError::MissingLvmPool)?;
-                let (vg, lv) = spec
-                    .split_once('/')
-                    .filter(|(vg, lv)| valid_lvm_name(vg) && valid_lvm_name(lv))
-                    .ok_or_else(|| invalid("lvm-pool", spec, "must be VG/LV with LVM names on both sides"))?;
-                PoolSpec::DirectLvm { vg: vg.to_owned(), lv: lv.to_owned() }
+                let (vg, lv) = vg_lv(self.lvm_pool.as_deref().ok_or(ConfigError::MissingLvmPool)?)?;
+                PoolSpec::DirectLvm { vg, lv }
+            }
+            PoolKindArg::Device => {
+                let device = self.device.as_ref().ok_or(ConfigError::MissingDevice)?;
+                if !device.starts_with("/dev/")
+                    || device.to_str().is_none()
+                    || device.to_string_lossy().contains("/../")
+                {
+                    return Err(invalid("device", device.display(), "must be a device path under /dev/"));
+                }
+                let (vg, lv) = vg_lv(self.lvm_pool.as_deref().unwrap_or(DEFAULT_DEVICE_POOL))?;
+                PoolSpec::Device { device: device.display().to_string(), vg, lv }
             }
         };
         Ok(NodeConfig { state_dir: self.state_dir.clone(), pool, limits })
@@ -228,6 +254,17 @@ mod tests {
         assert!(parse(&["--pool", "direct-lvm", "--lvm-pool", "vg/-x"]).is_err());
         let c = parse(&["--pool", "direct-lvm", "--lvm-pool", "docker/thinpool"]).unwrap();
         assert_eq!(c.pool, PoolSpec::DirectLvm { vg: "docker".into(), lv: "thinpool".into() });
+    }
+
+    #[test]
+    fn device_pools_need_a_device_under_dev() {
+        assert_eq!(parse(&["--pool", "device"]), Err(ConfigError::MissingDevice));
+        assert!(parse(&["--pool", "device", "--device", "sdb"]).is_err());
+        assert!(parse(&["--pool", "device", "--device", "/dev/../etc/passwd"]).is_err());
+        assert!(parse(&["--pool", "device", "--device", "/dev/sdb", "--lvm-pool", "x"]).is_err());
+        let c = parse(&["--pool", "device", "--device", "/dev/sdb"]).unwrap();
+        let expect = PoolSpec::Device { device: "/dev/sdb".into(), vg: "thinpool-csi".into(), lv: "thinpool".into() };
+        assert_eq!(c.pool, expect);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub fn open_pool(spec: &PoolSpec) -> Result<KernelPool, DmError> {
     match spec {
         PoolSpec::Loop(l) => loopback::open_or_create(l),
         PoolSpec::DirectLvm { vg, lv } => lvm::adopt(vg, lv),
+        PoolSpec::Device { device, vg, lv } => lvm::open_on_device(device, vg, lv),
     }
 }
 

@@ -9,9 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
 use super::ids::ObjectId;
-use super::proto::{
-    self, controller_server::Controller, controller_service_capability as csc, volume_content_source as vcs,
-};
+use super::proto::{self, controller_server::Controller, volume_content_source as vcs};
 use super::validate::{self, AccessKind};
 use super::{observed, pagination, Driver, TOPOLOGY_KEY};
 use crate::dm::ThinPool;
@@ -320,27 +318,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         &self,
         _req: Request<proto::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<proto::ControllerGetCapabilitiesResponse>, Status> {
-        use csc::rpc::Type as T;
         observed(&self.driver, "ControllerGetCapabilities", "", async {
-            let caps = [
-                T::CreateDeleteVolume,
-                T::CreateDeleteSnapshot,
-                T::ListSnapshots,
-                T::CloneVolume,
-                T::ListVolumes,
-                T::GetCapacity,
-                T::GetVolume,
-                T::VolumeCondition,
-                T::SingleNodeMultiWriter,
-            ];
-            Ok(proto::ControllerGetCapabilitiesResponse {
-                capabilities: caps
-                    .into_iter()
-                    .map(|t| proto::ControllerServiceCapability {
-                        r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })),
-                    })
-                    .collect(),
-            })
+            Ok(proto::ControllerGetCapabilitiesResponse { capabilities: super::capabilities::controller() })
         })
         .await
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
-use super::proto::{self, identity_server::Identity, plugin_capability};
+use super::proto::{self, identity_server::Identity};
 use super::{observed, Driver, PLUGIN_NAME};
 use crate::dm::ThinPool;
 use crate::engine::PoolState;
@@ -14,12 +14,6 @@ use crate::mount::Mounter;
 
 pub struct IdentityService<P: ThinPool, M: Mounter> {
     pub driver: Arc<Driver<P, M>>,
-}
-
-fn service(t: plugin_capability::service::Type) -> proto::PluginCapability {
-    proto::PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service { r#type: t as i32 })),
-    }
 }
 
 #[tonic::async_trait]
@@ -42,19 +36,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
         &self,
         _req: Request<proto::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<proto::GetPluginCapabilitiesResponse>, Status> {
-        use plugin_capability::service::Type as S;
         observed(&self.driver, "GetPluginCapabilities", "", async {
-            Ok(proto::GetPluginCapabilitiesResponse {
-                capabilities: vec![
-                    service(S::ControllerService),
-                    service(S::VolumeAccessibilityConstraints),
-                    proto::PluginCapability {
-                        r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {
-                            r#type: plugin_capability::volume_expansion::Type::Online as i32,
-                        })),
-                    },
-                ],
-            })
+            Ok(proto::GetPluginCapabilitiesResponse { capabilities: super::capabilities::plugin() })
         })
         .await
     }

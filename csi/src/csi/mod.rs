@@ -2,6 +2,8 @@
 //! Handlers are thin: validate the request into typed values (`validate`, `ids`), call the engine
 //! or the mounter on a blocking thread, build the response. Codes are chosen in `error` only.
 
+pub mod capabilities;
+pub mod capability_endpoint;
 pub mod controller;
 pub mod error;
 pub mod guard;

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
 use super::ids::ObjectId;
-use super::proto::{self, node_server::Node, node_service_capability as nsc};
+use super::proto::{self, node_server::Node};
 use super::validate::{self, Access, AccessKind};
 use super::{observed, Driver};
 use crate::dm::ThinPool;
@@ -328,23 +328,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         &self,
         _req: Request<proto::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<proto::NodeGetCapabilitiesResponse>, Status> {
-        use nsc::rpc::Type as T;
         observed(&self.driver, "NodeGetCapabilities", "", async {
-            let caps = [
-                T::StageUnstageVolume,
-                T::GetVolumeStats,
-                T::ExpandVolume,
-                T::VolumeCondition,
-                T::SingleNodeMultiWriter,
-            ];
-            Ok(proto::NodeGetCapabilitiesResponse {
-                capabilities: caps
-                    .into_iter()
-                    .map(|t| proto::NodeServiceCapability {
-                        r#type: Some(nsc::Type::Rpc(nsc::Rpc { r#type: t as i32 })),
-                    })
-                    .collect(),
-            })
+            Ok(proto::NodeGetCapabilitiesResponse { capabilities: super::capabilities::node() })
         })
         .await
     }

@@ -55,6 +55,78 @@ pub fn adopt(vg: &str, lv: &str) -> Result<KernelPool, DmError> {
     Ok(kp)
 }
 
+/// `(pv_name, vg_name)` pairs from `pvs --noheadings -o pv_name,vg_name` (a PV in no VG has "").
+pub fn pvs_of(pvs_output: &str) -> Vec<(String, String)> {
+    pvs_output
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let pv = f.next()?;
+            Some((pv.to_owned(), f.next().unwrap_or("").to_owned()))
+        })
+        .collect()
+}
+
+/// What `--pool device` does with a device, decided from the PVs LVM knows about (paths already
+/// resolved, so `/dev/disk/by-id/...` and `/dev/sdb` compare equal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceDecision {
+    /// The device already carries our VG: adopt its pool.
+    Adopt,
+    /// The device is in no VG and our VG does not exist: build the pool (after a signature check).
+    Setup,
+    /// The device belongs to another VG, or our VG lives on other devices.
+    Refuse(String),
+}
+
+pub fn device_decision(device: &str, vg: &str, pvs: &[(String, String)]) -> DeviceDecision {
+    if let Some((_, owner)) = pvs.iter().find(|(pv, _)| pv == device) {
+        return match owner.as_str() {
+            o if o == vg => DeviceDecision::Adopt,
+            "" => DeviceDecision::Refuse(format!(
+                "{device} is an LVM physical volume in no volume group; remove it (pvremove) or point --lvm-pool at its pool"
+            )),
+            o => DeviceDecision::Refuse(format!("{device} belongs to volume group {o}, not {vg}")),
+        };
+    }
+    let others: Vec<&str> = pvs.iter().filter(|(_, o)| o == vg).map(|(pv, _)| pv.as_str()).collect();
+    if !others.is_empty() {
+        return DeviceDecision::Refuse(format!(
+            "volume group {vg} already exists on {}, not on {device}; choose another --lvm-pool VG name",
+            others.join(", ")
+        ));
+    }
+    DeviceDecision::Setup
+}
+
+/// `--pool device`: the pool `vg/lv` on `device`. Built there on first start (only when the
+/// device holds no signature at all), adopted on every later start. A device with anything else
+/// on it is refused, never wiped.
+pub fn open_on_device(device: &str, vg: &str, lv: &str) -> Result<KernelPool, DmError> {
+    let real = |p: &str| std::fs::canonicalize(p).map(|p| p.display().to_string()).unwrap_or_else(|_| p.to_owned());
+    let dev = std::fs::canonicalize(device).map_err(DmError::io(format!("device {device}")))?.display().to_string();
+    let pvs_out = tools::lvm("pvs", &["--noheadings", "-o", "pv_name,vg_name"])?;
+    let pvs: Vec<(String, String)> = pvs_of(&pvs_out).into_iter().map(|(pv, o)| (real(&pv), o)).collect();
+    match device_decision(&dev, vg, &pvs) {
+        DeviceDecision::Adopt => {}
+        DeviceDecision::Refuse(why) => return Err(DmError::DeviceInUse { device: device.to_owned(), why }),
+        DeviceDecision::Setup => {
+            let report = setup(device, vg, lv, false).map_err(|e| match e {
+                DmError::DeviceHasSignature { device, signature } => DmError::DeviceInUse {
+                    why: format!(
+                        "it holds a {signature} signature and the driver only builds a pool on an empty disk; \
+                         if its data may go, wipe it (wipefs -a {device}) and restart the plugin"
+                    ),
+                    device,
+                },
+                e => e,
+            })?;
+            tracing::info!(?report, "built a direct-lvm thin pool on an empty device");
+        }
+    }
+    adopt(vg, lv)
+}
+
 /// The sizes `pool setup` gives LVM, from the VG's size: data 95 % of the VG, metadata 1 %
 /// capped at 16 GiB, chunk 512 KiB (the Docker direct-lvm guide's numbers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -134,6 +206,24 @@ mod tests {
         let out = "  thinpool            \n  lv1      thinpool\n  other    otherpool\n  lv2 thinpool\n";
         assert_eq!(thin_lvs_of(out, "thinpool"), vec!["lv1", "lv2"]);
         assert!(thin_lvs_of("  thinpool\n", "thinpool").is_empty());
+    }
+
+    #[test]
+    fn device_decisions() {
+        let pvs = pvs_of("  /dev/sdb   thinpool-csi\n  /dev/sdc\n  /dev/sdd   data\n");
+        assert_eq!(pvs[1], ("/dev/sdc".to_owned(), String::new()));
+        assert_eq!(device_decision("/dev/sdb", "thinpool-csi", &pvs), DeviceDecision::Adopt);
+        assert_eq!(device_decision("/dev/sde", "fresh", &pvs), DeviceDecision::Setup);
+        for (dev, vg, says) in [
+            ("/dev/sdd", "thinpool-csi", "belongs to volume group data"),
+            ("/dev/sdc", "thinpool-csi", "in no volume group"),
+            ("/dev/sde", "thinpool-csi", "already exists on /dev/sdb"),
+        ] {
+            match device_decision(dev, vg, &pvs) {
+                DeviceDecision::Refuse(why) => assert!(why.contains(says), "{why}"),
+                d => panic!("{dev}: {d:?}"),
+            }
+        }
     }
 
     #[test]

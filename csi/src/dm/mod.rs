@@ -98,6 +98,8 @@ pub enum DmError {
     UnzeroedPool { pool: String },
     #[error("device {device} holds a {signature} signature; refusing to overwrite it (pass --force to wipe it)")]
     DeviceHasSignature { device: String, signature: String },
+    #[error("device {device} cannot hold the pool: {why}")]
+    DeviceInUse { device: String, why: String },
     #[error("invalid pool configuration: {0}")]
     Config(String),
 }

@@ -40,6 +40,10 @@ pub struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz ("" turns them off).
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9103")]
     pub metrics_address: String,
+    /// Also serve the plugin's capabilities on this CSI endpoint (`unix:///csi/csi.sock`), for the
+    /// external-resizer in the same pod ("" turns it off).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "")]
+    pub csi_endpoint: String,
 }
 
 struct Metrics {
@@ -113,8 +117,21 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         "" => None,
         a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-address {a:?} is not host:port"))?),
     };
+    let capability_socket = match args.csi_endpoint.as_str() {
+        "" => None,
+        e => Some(crate::csi::server::socket_path(e)?),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        if let Some(path) = capability_socket {
+            // Bound before anything else so the resizer finds it even while the API is down.
+            let listener = crate::csi::capability_endpoint::listen(&path)?;
+            tokio::spawn(async move {
+                if let Err(e) = crate::csi::capability_endpoint::serve(listener, std::future::pending()).await {
+                    tracing::error!(error = %e, "capability endpoint failed");
+                }
+            });
+        }
         let client = Client::try_default().await?;
         let metrics = Arc::new(Metrics::new()?);
         let healthy = Arc::new(AtomicBool::new(false));

@@ -83,3 +83,41 @@ pub fn lvm_adoption_refusals() -> Result {
     let _ = d.lvm(&format!("lvremove -y {}/thinlv", d.vg));
     Ok(())
 }
+
+/// `--pool device`: built on an empty disk at first start, adopted (not rebuilt) afterwards with
+/// its volumes; a disk holding a filesystem or another VG is refused and left as it was.
+pub fn lvm_device_pool() -> Result {
+    let d = LvmFixture::device("lvm-device", GIB)?;
+    let _ = std::fs::remove_dir_all("/tmp/e2e/lvm-device");
+    let cfg = NodeConfig {
+        pool: PoolSpec::Device { device: d.loopdev.clone(), vg: d.vg.clone(), lv: "pool".into() },
+        ..config("lvm-device", &d.vg)
+    };
+    let (e, report) = thinpool_csi::open::open_engine(&cfg)?;
+    assert!(report.adopted_new_pool);
+    assert_eq!(e.pool().info().kind, PoolKind::DirectLvm);
+    e.create_volume("kept", 64 * MIB, None)?;
+    drop(e);
+    let (e, report) = thinpool_csi::open::open_engine(&cfg)?;
+    assert!(!report.adopted_new_pool, "the second start rebuilt the pool");
+    assert_eq!(e.list(thinpool_csi::store::Kind::Volume)?.len(), 1);
+    drop(e);
+
+    let used = LvmFixture::device("lvm-device-used", 512 * MIB)?;
+    sh(&format!("mkfs.ext4 -q -F {}", used.loopdev))?;
+    match lvm::open_on_device(&used.loopdev, &used.vg, "pool") {
+        Err(DmError::DeviceInUse { why, .. }) if why.contains("ext4") => {}
+        Err(e) => return Err(format!("ext4 disk: wrong refusal: {e}").into()),
+        Ok(_) => return Err("a disk with an ext4 filesystem was turned into a pool".into()),
+    }
+    if !sh(&format!("blkid -o value -s TYPE {}", used.loopdev))?.contains("ext4") {
+        return Err("the refused disk lost its filesystem".into());
+    }
+    // The first disk, asked for under another VG name, belongs to our VG: refused.
+    match lvm::open_on_device(&d.loopdev, "othervg", "pool") {
+        Err(DmError::DeviceInUse { why, .. }) if why.contains(&d.vg) => {}
+        Err(e) => return Err(format!("disk of another VG: wrong refusal: {e}").into()),
+        Ok(_) => return Err("a disk of another volume group was used".into()),
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ const TESTS: &[Test] = &[
     ("lvm_setup_refuses_signatures", lvm::lvm_setup_refuses_signatures),
     ("lvm_seed_demonstration", lvm::lvm_seed_demonstration),
     ("lvm_adoption_refusals", lvm::lvm_adoption_refusals),
+    ("lvm_device_pool", lvm::lvm_device_pool),
     ("csi_identity_and_probe", csi::csi_identity_and_probe),
     ("csi_filesystem_lifecycle_ext4_and_xfs", csi::csi_filesystem_lifecycle_ext4_and_xfs),
     ("csi_block_volume", csi::csi_block_volume),
