@@ -9,7 +9,7 @@ pub enum ToolError {
     #[error("cannot run {program}: {source} (is it installed? {hint})")]
     Missing {
         program: String,
-        hint: &'static str,
+        hint: String,
         #[source]
         source: std::io::Error,
     },
@@ -24,11 +24,32 @@ pub struct Output {
     pub stderr: String,
 }
 
-fn hint(program: &str) -> &'static str {
-    match program {
-        "thin_dump" => "package thin-provisioning-tools",
-        "blkid" | "wipefs" => "package util-linux",
-        _ => "package lvm2",
+/// Every program the driver runs, with the Debian package that provides it: the runtime
+/// dependencies of `thinpool-csi node`. The container image (Dockerfile) installs exactly these
+/// packages; a test checks both that every program run in the source is listed here and that the
+/// Dockerfile installs every package.
+pub const RUNTIME_PROGRAMS: &[(&str, &str)] = &[
+    ("lvs", "lvm2"),
+    ("pvs", "lvm2"),
+    ("vgs", "lvm2"),
+    ("lvchange", "lvm2"),
+    ("pvcreate", "lvm2"),
+    ("vgcreate", "lvm2"),
+    ("lvcreate", "lvm2"),
+    ("lvconvert", "lvm2"),
+    ("blkid", "util-linux"),
+    ("wipefs", "util-linux"),
+    ("thin_dump", "thin-provisioning-tools"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("resize2fs", "e2fsprogs"),
+    ("mkfs.xfs", "xfsprogs"),
+    ("xfs_growfs", "xfsprogs"),
+];
+
+fn hint(program: &str) -> String {
+    match RUNTIME_PROGRAMS.iter().find(|(p, _)| *p == program) {
+        Some((_, package)) => format!("package {package}"),
+        None => "not a program thinpool-csi is known to need".to_owned(),
     }
 }
 
@@ -113,4 +134,58 @@ pub fn signature(device: &str) -> Result<Option<String>, ToolError> {
 /// `thin_dump` of the held metadata snapshot of a pool's metadata device.
 pub fn thin_dump_metadata_snap(meta_device: &str) -> Result<String, ToolError> {
     run("thin_dump", &["--metadata-snap", meta_device])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RUNTIME_PROGRAMS;
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+
+    /// Every `tools::run("x"`, `run_any("x"`, `lvm("x"` and multi-line `lvm(\n "x"` in the source names a listed program.
+    #[test]
+    fn every_program_run_is_a_listed_runtime_dependency() {
+        let mut files = Vec::new();
+        sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let mut seen = 0;
+        for (path, text) in files {
+            for call in ["run(", "run_any(", "lvm("] {
+                for (i, _) in text.match_indices(call) {
+                    let rest = text[i + call.len()..].trim_start();
+                    let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else { continue };
+                    let line_start = text[..i].rfind('\n').map_or(0, |n| n + 1);
+                    if text[line_start..i].trim_start().starts_with("//") || name.contains(' ') {
+                        continue;
+                    }
+                    seen += 1;
+                    assert!(
+                        RUNTIME_PROGRAMS.iter().any(|(p, _)| *p == name),
+                        "{path} runs {name:?}, which RUNTIME_PROGRAMS does not list"
+                    );
+                }
+            }
+        }
+        assert!(seen >= 12, "found only {seen} program calls: the scan is broken");
+    }
+
+    #[test]
+    fn the_image_installs_every_runtime_package() {
+        let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile")).unwrap();
+        let runtime = dockerfile.split("AS runtime").nth(1).expect("a runtime stage");
+        for (program, package) in RUNTIME_PROGRAMS {
+            assert!(
+                runtime.split_whitespace().any(|w| w == *package),
+                "the Dockerfile's runtime stage does not install {package} (for {program})"
+            );
+        }
+    }
 }

@@ -48,6 +48,9 @@ pub struct NodeArgs {
     /// How often deletes deferred by an open device are retried, in seconds.
     #[arg(long, default_value_t = 10)]
     pub deferred_delete_interval: u64,
+    /// Check the flags and the pool configuration, print them, and exit without touching the node.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(flatten)]
     pub pool: PoolArgs,
 }
@@ -146,6 +149,15 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         a => Some(a.parse().map_err(|_| ServeError::MetricsAddress(a.to_owned()))?),
     };
     let config = args.pool.validate()?;
+    if args.check_config {
+        println!(
+            "configuration ok: node {} socket {} kubelet dir {} {config:?}",
+            args.node_id,
+            socket.display(),
+            args.kubelet_dir.display()
+        );
+        return Ok(());
+    }
     let (engine, report) = crate::open::open_engine(&config)?;
     tracing::info!(?report, node = %args.node_id, "pool open and recovered");
     let engine = Arc::new(engine);

@@ -1,6 +1,8 @@
 //! Kubernetes: the `ThinPool` custom resource, its status computed from the pool (pure), and the
 //! desired `CSIStorageCapacity` objects for the scheduler (pure), and the node's status publisher.
 
+#[cfg(test)]
+mod alert_rules_tests;
 pub mod capacity;
 pub mod controller;
 #[cfg(test)]

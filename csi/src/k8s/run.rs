@@ -44,6 +44,9 @@ pub struct ControllerArgs {
     /// external-resizer in the same pod ("" turns it off).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "")]
     pub csi_endpoint: String,
+    /// Check the flags, print them, and exit without contacting the API server.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 struct Metrics {
@@ -121,6 +124,13 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         "" => None,
         e => Some(crate::csi::server::socket_path(e)?),
     };
+    if args.stale_after < 1 {
+        anyhow::bail!("--stale-after {} must be at least 1 second", args.stale_after);
+    }
+    if args.check_config {
+        println!("configuration ok: {args:?}");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         if let Some(path) = capability_socket {
@@ -239,6 +249,15 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// The controller's metrics after one pass, as exported (for the alert-rule checks).
+#[cfg(test)]
+pub(crate) fn controller_metrics_text() -> String {
+    let m = Metrics::new().unwrap();
+    m.record(&PassReport { pools: 1, created: 1, updated: 1, deleted: 1, ..Default::default() }, 0.01);
+    m.errors.inc();
+    m.render()
 }
 
 #[cfg(test)]
