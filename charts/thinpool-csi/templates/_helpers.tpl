@@ -120,6 +120,10 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 {{- fail (printf "nodeGroups %s: with more than one node group every group needs a nodeSelector, so that no node runs two plugins" (toString .name)) -}}
 {{- end -}}
 {{- end -}}
+{{- $orphans := .Values.node.deleteOrphansAfter | int64 -}}
+{{- if and (ne $orphans 0) (lt $orphans 600) -}}
+{{- fail (printf "node.deleteOrphansAfter %d is too short: use 0 (never delete) or at least 600 seconds" $orphans) -}}
+{{- end -}}
 {{- $classes := list -}}
 {{- range .Values.storageClasses -}}
 {{- if not (has .fsType (list "ext4" "xfs")) -}}

@@ -45,6 +45,10 @@ pub struct NodeArgs {
     /// Seconds between ThinPool heartbeats (status is also published on every change).
     #[arg(long, default_value_t = 30)]
     pub heartbeat_interval: u64,
+    /// Delete a volume no PersistentVolume has referenced for this many seconds without a break
+    /// (0: never, the default; at least 600 otherwise). Off by default: orphans are only reported.
+    #[arg(long, env = "DELETE_ORPHANS_AFTER", default_value_t = 0)]
+    pub delete_orphans_after: u64,
     /// How often deletes deferred by an open device are retried, in seconds.
     #[arg(long, default_value_t = 10)]
     pub deferred_delete_interval: u64,
@@ -63,6 +67,8 @@ pub enum ServeError {
     NodeId(String),
     #[error("--kubelet-dir {0:?} must be an absolute path")]
     KubeletDir(PathBuf),
+    #[error("--delete-orphans-after {0} is too short: use 0 (never) or at least {min} seconds", min = crate::k8s::orphans::MIN_ORPHAN_GRACE_SECS)]
+    OrphanGrace(u64),
     #[error("--metrics-address {0:?} is not host:port")]
     MetricsAddress(String),
     #[error("{path} exists and is not a socket; refusing to remove it")]
@@ -148,6 +154,9 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         "" => None,
         a => Some(a.parse().map_err(|_| ServeError::MetricsAddress(a.to_owned()))?),
     };
+    if args.delete_orphans_after != 0 && args.delete_orphans_after < crate::k8s::orphans::MIN_ORPHAN_GRACE_SECS {
+        return Err(ServeError::OrphanGrace(args.delete_orphans_after).into());
+    }
     let config = args.pool.validate()?;
     if args.check_config {
         println!(
@@ -183,6 +192,8 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 Ok(client) => {
                     let timing = crate::k8s::publisher::Timing {
                         heartbeat: Duration::from_secs(args.heartbeat_interval.max(1)),
+                        delete_orphans_after: (args.delete_orphans_after > 0)
+                            .then(|| Duration::from_secs(args.delete_orphans_after)),
                         ..Default::default()
                     };
                     let api = kube::Api::all(client);

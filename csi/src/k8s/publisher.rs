@@ -43,6 +43,8 @@ pub struct Timing {
     pub heartbeat: Duration,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Opt-in: delete a volume that stayed orphaned (no PersistentVolume) this long.
+    pub delete_orphans_after: Option<Duration>,
 }
 
 impl Default for Timing {
@@ -51,6 +53,7 @@ impl Default for Timing {
             heartbeat: Duration::from_secs(30),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            delete_orphans_after: None,
         }
     }
 }
@@ -84,6 +87,29 @@ async fn orphan_report<P: Pool + 'static>(
     super::orphans::report(node, &volumes, &handles)
 }
 
+/// The opt-in orphan cleanup: deletes the volumes the tracker finds due. The next report (rung
+/// by the caller's loop) shows them gone.
+async fn delete_orphans<P: Pool + 'static>(
+    engine: &Arc<Engine<P>>,
+    tracker: &mut super::orphans::OrphanTracker,
+    orphaned: &[String],
+    grace: Duration,
+) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for name in tracker.due(now, orphaned, grace.as_secs()) {
+        let e = engine.clone();
+        let n = name.clone();
+        match tokio::task::spawn_blocking(move || e.delete(crate::store::Kind::Volume, &n)).await {
+            Ok(Ok(outcome)) => {
+                tracker.forget(&name);
+                tracing::warn!(volume = %name, ?outcome, after_secs = grace.as_secs(), "deleted an orphaned volume (--delete-orphans-after)");
+            }
+            Ok(Err(err)) => tracing::warn!(volume = %name, error = %err, "deleting an orphaned volume"),
+            Err(err) => tracing::warn!(volume = %name, error = %err, "orphan cleanup task failed"),
+        }
+    }
+}
+
 /// Publishes forever: at once, on every `changed` notification, and every heartbeat.
 pub async fn run<P: Pool + 'static>(
     api: Api<ThinPool>,
@@ -96,11 +122,15 @@ pub async fn run<P: Pool + 'static>(
 ) {
     let mut previous: Option<ThinPoolStatus> = None;
     let mut backoff = timing.retry_min;
+    let mut tracker = super::orphans::OrphanTracker::default();
     loop {
         let e = engine.clone();
         let wait = match tokio::task::spawn_blocking(move || e.report()).await {
             Ok(Ok(report)) => {
                 let orphans = orphan_report(&api, &node, &engine).await;
+                if let Some(grace) = timing.delete_orphans_after {
+                    delete_orphans(&engine, &mut tracker, &orphans.orphaned, grace).await;
+                }
                 if let Some(m) = &metrics {
                     m.set_orphans(orphans.orphaned.len(), orphans.missing.len());
                 }
@@ -194,6 +224,7 @@ mod tests {
             heartbeat: Duration::from_secs(3600),
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_millis(40),
+            delete_orphans_after: None,
         };
         let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), timing, None));
 
@@ -218,6 +249,24 @@ mod tests {
         expect(&mut handle, OBJ, StatusCode::OK).await;
         let status = expect(&mut handle, STATUS, StatusCode::OK).await;
         assert_eq!(status["status"]["volumes"], 2);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn opt_in_cleanup_deletes_only_volumes_without_a_pv() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ThinPool> = Api::all(Client::new(mock, "default"));
+        let (e, _dir) = engine();
+        e.create_volume("orphan", 1 << 30, None).unwrap();
+        e.create_volume("gone", 1 << 30, None).unwrap(); // the mock's PV references gone@node-1
+        let timing = Timing { delete_orphans_after: Some(Duration::ZERO), ..Timing::default() };
+        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), Arc::default(), timing, None));
+        expect(&mut handle, PVS, StatusCode::OK).await;
+        expect(&mut handle, OBJ, StatusCode::OK).await;
+        expect(&mut handle, STATUS, StatusCode::OK).await;
+        let left: Vec<String> =
+            e.list(crate::store::Kind::Volume).unwrap().into_iter().map(|r| r.name.as_str().to_owned()).collect();
+        assert_eq!(left, vec!["gone"], "the orphan is deleted, the volume with a PV is kept");
         task.abort();
     }
 
