@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # thinpool-csi's entry points. Works on a fresh Debian 12 machine with a Rust toolchain:
 #   e2e/run.sh demo    a volume, a snapshot and a restore on a loop pool, in a VM with real dm-thin
-#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, then the VM suite
+#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, and the
+#                      cluster suite when KUBECONFIG is set
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ case "${1:-}" in
     echo "== unit tests (no root)"; cargo test -q --workspace
     echo "== chart and manifests"; bash e2e/chart/check.sh
     echo "== VM suite (real device-mapper)"; cargo run -q -p thinpool-e2e -- vm
+    echo "== cluster suite (needs KUBECONFIG)"; bash e2e/cluster/run.sh
     ;;
   bench)
     cargo run -q -p thinpool-e2e -- bench --ops "${OPS:-200}"
