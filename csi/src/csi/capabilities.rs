@@ -1,7 +1,17 @@
-//! What the plugin declares: plugin, controller and node capabilities, in one place, so the node
-//! plugin and the controller's capability endpoint (for the external-resizer) cannot disagree.
+//! What the plugin declares: its name and version, and its plugin, controller and node
+//! capabilities, in one place, so the node plugin and the controller's capability endpoint (for
+//! the external-resizer) cannot disagree.
 
 use super::proto::{self, controller_service_capability as csc, node_service_capability as nsc, plugin_capability};
+
+/// GetPluginInfo: the driver name and this build's version.
+pub fn info() -> proto::GetPluginInfoResponse {
+    proto::GetPluginInfoResponse {
+        name: super::PLUGIN_NAME.into(),
+        vendor_version: env!("CARGO_PKG_VERSION").into(),
+        manifest: Default::default(),
+    }
+}
 
 fn service(t: plugin_capability::service::Type) -> proto::PluginCapability {
     proto::PluginCapability {

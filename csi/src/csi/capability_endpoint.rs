@@ -10,12 +10,12 @@ use std::path::Path;
 use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
+use super::capabilities;
 use super::proto::{
     self, controller_server::Controller, controller_server::ControllerServer, identity_server::Identity,
     identity_server::IdentityServer, node_server::Node, node_server::NodeServer,
 };
 use super::server::{bind, ServeError};
-use super::{capabilities, PLUGIN_NAME};
 
 #[derive(Clone, Copy, Default)]
 pub struct CapabilityEndpoint;
@@ -26,11 +26,7 @@ impl Identity for CapabilityEndpoint {
         &self,
         _req: Request<proto::GetPluginInfoRequest>,
     ) -> Result<Response<proto::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(proto::GetPluginInfoResponse {
-            name: PLUGIN_NAME.into(),
-            vendor_version: env!("CARGO_PKG_VERSION").into(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(capabilities::info()))
     }
 
     async fn get_plugin_capabilities(
@@ -113,7 +109,7 @@ mod tests {
             .unwrap();
         let mut id = IdentityClient::new(channel.clone());
         let info = id.get_plugin_info(proto::GetPluginInfoRequest {}).await.unwrap().into_inner();
-        assert_eq!(info.name, PLUGIN_NAME);
+        assert_eq!(info.name, crate::csi::PLUGIN_NAME);
         let caps = id.get_plugin_capabilities(proto::GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
         assert_eq!(caps.capabilities, capabilities::plugin());
         assert_eq!(id.probe(proto::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
 use super::proto::{self, identity_server::Identity};
-use super::{observed, Driver, PLUGIN_NAME};
+use super::{observed, Driver};
 use crate::dm::ThinPool;
 use crate::engine::PoolState;
 use crate::mount::Mounter;
@@ -22,14 +22,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Identity for IdentityService<P
         &self,
         _req: Request<proto::GetPluginInfoRequest>,
     ) -> Result<Response<proto::GetPluginInfoResponse>, Status> {
-        observed(&self.driver, "GetPluginInfo", "", async {
-            Ok(proto::GetPluginInfoResponse {
-                name: PLUGIN_NAME.into(),
-                vendor_version: env!("CARGO_PKG_VERSION").into(),
-                manifest: Default::default(),
-            })
-        })
-        .await
+        observed(&self.driver, "GetPluginInfo", "", async { Ok(super::capabilities::info()) }).await
     }
 
     async fn get_plugin_capabilities(
