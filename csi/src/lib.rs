@@ -1,11 +1,13 @@
 //! thinpool-csi: node-local thin-provisioned volumes for Kubernetes on a device-mapper thin pool.
 //!
-//! Layers of the node plugin, each calling only those below it (see ARCHITECTURE.md):
-//! `engine` (volume lifecycle, journaled pool changes) → `store` (durable records) →
-//! `dm` (the thin pool over ioctls). Beside them: `config`, `names`, `units`, `tools`
-//! (every external program), `cli` (the operator commands), `csi` (the gRPC services) and
-//! `mount` (filesystems and mounts for the Node service).
+//! `app` wires each process (the node plugin, the capacity controller) in one file. Layers, each
+//! calling only those below it (see docs/architecture.md): `csi` (the gRPC services) → `engine`
+//! (volume lifecycle, journaled pool changes) → `store` (durable records), `dm` (the thin pool over
+//! ioctls) and `mount` (filesystems and mounts). Beside them: `k8s` (the ThinPool resource, its
+//! publisher and the capacity controller), `shared` (names both `csi` and `k8s` use), `metrics`,
+//! `config`, `names`, `units`, `tools` (every external program) and `cli` (operator commands).
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod csi;
@@ -16,6 +18,7 @@ pub mod metrics;
 pub mod mount;
 pub mod names;
 pub mod open;
+pub mod shared;
 pub mod store;
 pub mod tools;
 pub mod units;

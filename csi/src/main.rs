@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use thinpool_csi::app::controller::{run_controller, ControllerArgs};
+use thinpool_csi::app::node::{run_node, NodeArgs};
 use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, VolumesCommand};
-use thinpool_csi::csi::server::{run_node, NodeArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "thinpool-csi", version, about = "Node-local thin-provisioned volumes on a device-mapper thin pool")]
@@ -22,7 +23,7 @@ enum Command {
     /// Serve the CSI Identity, Controller and Node services for this node's pool.
     Node(NodeArgs),
     /// Keep CSIStorageCapacity objects true for every (StorageClass, ThinPool); leader-elected.
-    Controller(thinpool_csi::k8s::run::ControllerArgs),
+    Controller(ControllerArgs),
     /// The node's thin pool.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -39,7 +40,7 @@ enum Command {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args),
-        Command::Controller(args) => thinpool_csi::k8s::run::run_controller(args),
+        Command::Controller(args) => run_controller(args),
         Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
         Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
         Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", thinpool_csi::csi::error::chain(e.as_ref()));
+            eprintln!("error: {}", thinpool_csi::shared::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -7,7 +7,7 @@ use super::proto::{self, controller_service_capability as csc, node_service_capa
 /// GetPluginInfo: the driver name and this build's version.
 pub fn info() -> proto::GetPluginInfoResponse {
     proto::GetPluginInfoResponse {
-        name: super::PLUGIN_NAME.into(),
+        name: crate::shared::PLUGIN_NAME.into(),
         vendor_version: env!("CARGO_PKG_VERSION").into(),
         manifest: Default::default(),
     }

@@ -109,7 +109,7 @@ mod tests {
             .unwrap();
         let mut id = IdentityClient::new(channel.clone());
         let info = id.get_plugin_info(proto::GetPluginInfoRequest {}).await.unwrap().into_inner();
-        assert_eq!(info.name, crate::csi::PLUGIN_NAME);
+        assert_eq!(info.name, crate::shared::PLUGIN_NAME);
         let caps = id.get_plugin_capabilities(proto::GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
         assert_eq!(caps.capabilities, capabilities::plugin());
         assert_eq!(id.probe(proto::ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
-use super::ids::ObjectId;
-use super::proto::{self, controller_server::Controller, volume_content_source as vcs};
-use super::validate::{self, AccessKind};
-use super::{observed, pagination, Driver, TOPOLOGY_KEY};
+use super::proto::{self, controller_server::Controller};
+use super::validate;
+use super::{observed, pagination, Driver};
 use crate::dm::ThinPool;
 use crate::engine::PoolState;
-use crate::mount::{FsType, Mounter};
+use crate::mount::Mounter;
 use crate::names::Name;
+use crate::shared::ids::ObjectId;
+use crate::shared::TOPOLOGY_KEY;
 use crate::store::{Kind, Record, Source};
 
 pub struct ControllerService<P: ThinPool, M: Mounter> {
@@ -28,23 +29,6 @@ fn timestamp(unix: u64) -> prost_types::Timestamp {
 
 fn bytes_i64(b: u64) -> i64 {
     i64::try_from(b).unwrap_or(i64::MAX)
-}
-
-/// The snapshot or volume a new volume starts from, and its node.
-fn content_source(src: Option<&proto::VolumeContentSource>) -> Result<Option<(Source, String)>, CsiError> {
-    let Some(t) = src.and_then(|s| s.r#type.as_ref()) else {
-        return Ok(None);
-    };
-    Ok(Some(match t {
-        vcs::Type::Snapshot(s) => {
-            let id = ObjectId::parse(&s.snapshot_id)?;
-            (Source::Snapshot(id.name), id.node)
-        }
-        vcs::Type::Volume(v) => {
-            let id = ObjectId::parse(&v.volume_id)?;
-            (Source::Volume(id.name), id.node)
-        }
-    }))
 }
 
 impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
@@ -104,84 +88,35 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         req: Request<proto::CreateVolumeRequest>,
     ) -> Result<Response<proto::CreateVolumeResponse>, Status> {
         let req = req.into_inner();
-        let name = req.name.clone();
-        observed(&self.driver, "CreateVolume", &name, async {
-            if req.name.is_empty() {
-                return Err(CsiError::invalid("name is empty"));
-            }
-            let name = Name::new(&req.name).map_err(|e| CsiError::invalid(format!("name: {e}")))?;
-            let _guard = self.driver.in_flight.claim(name.as_str())?;
-            let caps = validate::capabilities(&req.volume_capabilities)?;
-            let param_fs = validate::fs_param(&req.parameters)?;
-            let mut fs = param_fs;
-            for c in &caps {
-                if let AccessKind::Mount { fs: Some(f), .. } = c.kind {
-                    if fs.is_some_and(|p| p != f) {
-                        return Err(CsiError::invalid(
-                            "the mount capability's fs_type and the fsType parameter disagree",
-                        ));
-                    }
-                    fs = Some(f);
-                }
-            }
-            let wants_mount = caps.iter().any(|c| matches!(c.kind, AccessKind::Mount { .. }));
-            if !validate::topology_admits(req.accessibility_requirements.as_ref(), &self.driver.node_id) {
-                return Err(CsiError::ResourceExhausted(format!(
-                    "the requisite topology does not include this node ({TOPOLOGY_KEY}={})",
-                    self.driver.node_id
-                )));
-            }
-            let source = content_source(req.volume_content_source.as_ref())?;
-            if let Some((src, node)) = &source {
-                if *node != self.driver.node_id {
-                    return Err(CsiError::ResourceExhausted(format!(
-                        "source {src} lives on node {node}; the volume must be provisioned there"
-                    )));
-                }
-            }
-            ObjectId::format(&name, &self.driver.node_id)?;
-            let min_bytes = if wants_mount { fs.unwrap_or(FsType::Ext4).min_bytes() } else { 0 };
-            let me = self.clone();
-            let range = req.capacity_range;
-            let content = req.volume_content_source.clone();
+        observed(&self.driver, "CreateVolume", &req.name, async {
+            let v = validate::new_volume(&req, &self.driver.node_id)?;
+            let _guard = self.driver.in_flight.claim(v.name.as_str())?;
+            let context = v.context();
             let record = self
                 .driver
                 .blocking(move |d| {
+                    let source_bytes = match &v.source {
+                        None => None,
+                        Some((s, _)) => {
+                            let (kind, n) = match s {
+                                Source::Snapshot(n) => (Kind::Snapshot, n),
+                                Source::Volume(n) => (Kind::Volume, n),
+                            };
+                            let from = d
+                                .engine
+                                .get(kind, n.as_str())?
+                                .ok_or_else(|| CsiError::NotFound(format!("source {s} not found")))?;
+                            Some(from.size_bytes)
+                        }
+                    };
                     let block = d.engine.pool().info().block_bytes();
-                    let mut size = validate::size_from_range(range.as_ref(), block)?;
-                    let src = source.map(|(s, _)| s);
-                    if let Some(s) = &src {
-                        let (kind, n) = match s {
-                            Source::Snapshot(n) => (Kind::Snapshot, n),
-                            Source::Volume(n) => (Kind::Volume, n),
-                        };
-                        let from = d
-                            .engine
-                            .get(kind, n.as_str())?
-                            .ok_or_else(|| CsiError::NotFound(format!("source {s} not found")))?;
-                        let limit = range.map_or(0, |r| r.limit_bytes as u64);
-                        // A volume is at least as large as its source, when the range allows it.
-                        if from.size_bytes > size && (limit == 0 || from.size_bytes <= limit) {
-                            size = from.size_bytes;
-                        }
-                    }
-                    if size < min_bytes {
-                        let limit = range.map_or(0, |r| r.limit_bytes as u64);
-                        if limit != 0 && limit < min_bytes {
-                            return Err(CsiError::OutOfRange(format!(
-                                "the filesystem needs a volume of at least {min_bytes} bytes, above the limit {limit}"
-                            )));
-                        }
-                        size = min_bytes;
-                    }
-                    Ok(d.engine.create_volume(name.as_str(), size, src)?.record().clone())
+                    let size = validate::volume_size(v.range.as_ref(), block, source_bytes, v.min_bytes())?;
+                    Ok(d.engine.create_volume(v.name.as_str(), size, v.source.map(|(s, _)| s))?.record().clone())
                 })
                 .await?;
-            let mut context = HashMap::new();
-            if wants_mount {
-                context.insert("fsType".to_owned(), fs.unwrap_or(FsType::Ext4).as_str().to_owned());
-            }
-            Ok(proto::CreateVolumeResponse { volume: Some(me.volume(&record, context, content)?) })
+            Ok(proto::CreateVolumeResponse {
+                volume: Some(self.volume(&record, context, req.volume_content_source.clone())?),
+            })
         })
         .await
     }

@@ -10,7 +10,8 @@ use crate::engine::EngineError;
 use crate::mount::MountError;
 use crate::store::StoreError;
 
-use super::ids::IdError;
+use crate::shared::chain;
+use crate::shared::ids::IdError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsiError {
@@ -55,21 +56,6 @@ impl CsiError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         CsiError::InvalidArgument(msg.into())
     }
-}
-
-/// The error's message followed by its sources, each said once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 impl From<EngineError> for CsiError {

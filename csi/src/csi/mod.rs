@@ -8,7 +8,6 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod identity;
-pub mod ids;
 pub mod node;
 pub mod pagination;
 pub mod server;
@@ -30,11 +29,6 @@ use error::CsiError;
 pub mod proto {
     tonic::include_proto!("csi.v1");
 }
-
-/// The CSI driver name.
-pub const PLUGIN_NAME: &str = "thinpool.csi.io";
-/// The topology key every volume carries.
-pub const TOPOLOGY_KEY: &str = "topology.thinpool.csi.io/node";
 
 /// What every service shares.
 pub struct Driver<P: ThinPool, M: Mounter> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
-use super::ids::ObjectId;
 use super::proto::{self, node_server::Node};
 use super::validate::{self, Access, AccessKind};
 use super::{observed, Driver};
@@ -16,6 +15,7 @@ use crate::dm::ThinPool;
 use crate::engine::{EngineError, PoolState};
 use crate::mount::{mount_options, FsType, MountError, Mounter};
 use crate::names::Name;
+use crate::shared::ids::ObjectId;
 use crate::store::Kind;
 
 pub struct NodeService<P: ThinPool, M: Mounter> {
@@ -74,6 +74,49 @@ fn ensure_filesystem(m: &dyn Mounter, dev: &Path, fs: FsType) -> Result<(), Moun
             Err(MountError::WrongFilesystem { device: dev.display().to_string(), found, wanted: fs.as_str().into() })
         }
     }
+}
+
+/// What NodeGetVolumeStats reports for a volume at `path`: bytes and inodes of a mounted
+/// filesystem, the size of a block volume; abnormal when the pool is not `rw` or nothing is
+/// mounted there.
+fn usage_at(
+    m: &dyn Mounter,
+    path: &Path,
+    size_bytes: u64,
+    pool: PoolState,
+) -> Result<(Vec<proto::VolumeUsage>, proto::VolumeCondition), MountError> {
+    use proto::volume_usage::Unit;
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut condition = match pool {
+        PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "healthy".into() },
+        s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
+    };
+    let usage = match m.mounted(path)? {
+        None => {
+            condition =
+                proto::VolumeCondition { abnormal: true, message: format!("{} is not mounted", path.display()) };
+            vec![]
+        }
+        Some(mounted) if FsType::parse(&mounted.fstype).is_some() => {
+            let s = m.stats(path)?;
+            vec![
+                proto::VolumeUsage {
+                    available: i(s.available_bytes),
+                    total: i(s.total_bytes),
+                    used: i(s.used_bytes),
+                    unit: Unit::Bytes as i32,
+                },
+                proto::VolumeUsage {
+                    available: i(s.free_inodes),
+                    total: i(s.total_inodes),
+                    used: i(s.used_inodes),
+                    unit: Unit::Inodes as i32,
+                },
+            ]
+        }
+        Some(_) => vec![proto::VolumeUsage { available: 0, total: i(size_bytes), used: 0, unit: Unit::Bytes as i32 }],
+    };
+    Ok((usage, condition))
 }
 
 fn not_found_is_ok(r: Result<(), EngineError>) -> Result<(), CsiError> {
@@ -222,7 +265,6 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         &self,
         req: Request<proto::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<proto::NodeGetVolumeStatsResponse>, Status> {
-        use proto::volume_usage::Unit;
         let req = req.into_inner();
         observed(&self.driver, "NodeGetVolumeStats", &req.volume_id.clone(), async {
             let name = self.local(&req.volume_id)?;
@@ -237,44 +279,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                     if !m.exists(&path) && m.mounted(&path)?.is_none() {
                         return Err(CsiError::NotFound(format!("volume path {} does not exist", path.display())));
                     }
-                    let pool = d.engine.pool_state()?;
-                    let mut condition = match pool {
-                        PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "healthy".into() },
-                        s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
-                    };
-                    let usage = match m.mounted(&path)? {
-                        None => {
-                            condition = proto::VolumeCondition {
-                                abnormal: true,
-                                message: format!("{} is not mounted", path.display()),
-                            };
-                            vec![]
-                        }
-                        Some(mounted) if FsType::parse(&mounted.fstype).is_some() => {
-                            let s = m.stats(&path)?;
-                            let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                            vec![
-                                proto::VolumeUsage {
-                                    available: i(s.available_bytes),
-                                    total: i(s.total_bytes),
-                                    used: i(s.used_bytes),
-                                    unit: Unit::Bytes as i32,
-                                },
-                                proto::VolumeUsage {
-                                    available: i(s.free_inodes),
-                                    total: i(s.total_inodes),
-                                    used: i(s.used_inodes),
-                                    unit: Unit::Inodes as i32,
-                                },
-                            ]
-                        }
-                        Some(_) => vec![proto::VolumeUsage {
-                            available: 0,
-                            total: i64::try_from(record.size_bytes).unwrap_or(i64::MAX),
-                            used: 0,
-                            unit: Unit::Bytes as i32,
-                        }],
-                    };
+                    let (usage, condition) = usage_at(m, &path, record.size_bytes, d.engine.pool_state()?)?;
                     Ok(proto::NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) })
                 })
                 .await

@@ -11,13 +11,14 @@ use super::identity::IdentityService;
 use super::node::NodeService;
 use super::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
 use super::proto::{self, controller_server::Controller, identity_server::Identity, node_server::Node};
-use super::{validate, Driver, TOPOLOGY_KEY};
+use super::{validate, Driver};
 use crate::config::Limits;
 use crate::dm::memory::MemoryPool;
 use crate::dm::PoolMode;
 use crate::engine::Engine;
 use crate::mount::memory::MemoryMounter;
 use crate::mount::Mounter;
+use crate::shared::TOPOLOGY_KEY;
 use crate::store::Store;
 
 const NODE: &str = "node-1";

@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::error::CsiError;
+use super::proto::volume_content_source as vcs;
 use super::proto::{self, volume_capability::access_mode::Mode, volume_capability::AccessType};
-use super::TOPOLOGY_KEY;
 use crate::mount::FsType;
+use crate::names::Name;
+use crate::shared::ids::ObjectId;
+use crate::shared::TOPOLOGY_KEY;
+use crate::store::Source;
 use crate::units::SECTOR;
 
 /// Size of a volume created with no capacity range.
@@ -106,6 +110,111 @@ pub fn size_from_range(range: Option<&proto::CapacityRange>, block_bytes: u64) -
         return Ok(sectors);
     }
     Err(CsiError::OutOfRange(format!("no size of whole 512-byte sectors lies in {required}..{limit}")))
+}
+
+/// A CreateVolume request, checked: what to create and from what.
+#[derive(Clone, Debug)]
+pub struct NewVolume {
+    pub name: Name,
+    /// The filesystem of a mount volume (`None` for block-only volumes).
+    pub fs: Option<FsType>,
+    /// The snapshot or volume to start from, and the node it lives on.
+    pub source: Option<(Source, String)>,
+    pub range: Option<proto::CapacityRange>,
+}
+
+impl NewVolume {
+    /// The smallest volume its filesystem can live on.
+    pub fn min_bytes(&self) -> u64 {
+        self.fs.map_or(0, FsType::min_bytes)
+    }
+
+    /// The volume context handed to NodeStage: the filesystem of a mount volume.
+    pub fn context(&self) -> HashMap<String, String> {
+        self.fs.iter().map(|f| ("fsType".to_owned(), f.as_str().to_owned())).collect()
+    }
+}
+
+/// Checks a CreateVolume request for a volume on `node`: name, capabilities, filesystem
+/// (parameter and capabilities must agree; ext4 when neither says), topology (the requisite list
+/// must hold this node, else `RESOURCE_EXHAUSTED` so the provisioner reschedules) and source
+/// (on another node: `RESOURCE_EXHAUSTED` likewise).
+pub fn new_volume(req: &proto::CreateVolumeRequest, node: &str) -> Result<NewVolume, CsiError> {
+    if req.name.is_empty() {
+        return Err(CsiError::invalid("name is empty"));
+    }
+    let name = Name::new(&req.name).map_err(|e| CsiError::invalid(format!("name: {e}")))?;
+    let caps = capabilities(&req.volume_capabilities)?;
+    let mut fs = fs_param(&req.parameters)?;
+    for c in &caps {
+        if let AccessKind::Mount { fs: Some(f), .. } = c.kind {
+            if fs.is_some_and(|p| p != f) {
+                return Err(CsiError::invalid("the mount capability's fs_type and the fsType parameter disagree"));
+            }
+            fs = Some(f);
+        }
+    }
+    let wants_mount = caps.iter().any(|c| matches!(c.kind, AccessKind::Mount { .. }));
+    if !topology_admits(req.accessibility_requirements.as_ref(), node) {
+        return Err(CsiError::ResourceExhausted(format!(
+            "the requisite topology does not include this node ({TOPOLOGY_KEY}={node})"
+        )));
+    }
+    let source = content_source(req.volume_content_source.as_ref())?;
+    if let Some((src, on)) = &source {
+        if on != node {
+            return Err(CsiError::ResourceExhausted(format!(
+                "source {src} lives on node {on}; the volume must be provisioned there"
+            )));
+        }
+    }
+    ObjectId::format(&name, node)?;
+    Ok(NewVolume { name, fs: wants_mount.then(|| fs.unwrap_or(FsType::Ext4)), source, range: req.capacity_range })
+}
+
+/// The snapshot or volume a new volume starts from, and its node.
+fn content_source(src: Option<&proto::VolumeContentSource>) -> Result<Option<(Source, String)>, CsiError> {
+    let Some(t) = src.and_then(|s| s.r#type.as_ref()) else {
+        return Ok(None);
+    };
+    Ok(Some(match t {
+        vcs::Type::Snapshot(s) => {
+            let id = ObjectId::parse(&s.snapshot_id)?;
+            (Source::Snapshot(id.name), id.node)
+        }
+        vcs::Type::Volume(v) => {
+            let id = ObjectId::parse(&v.volume_id)?;
+            (Source::Volume(id.name), id.node)
+        }
+    }))
+}
+
+/// The size of a new volume: the range's size (see `size_from_range`), raised to its source's
+/// size when the range's limit allows, and to the filesystem's minimum (`OUT_OF_RANGE` when the
+/// limit is below that minimum).
+pub fn volume_size(
+    range: Option<&proto::CapacityRange>,
+    block_bytes: u64,
+    source_bytes: Option<u64>,
+    min_bytes: u64,
+) -> Result<u64, CsiError> {
+    let mut size = size_from_range(range, block_bytes)?;
+    let limit = range.map_or(0, |r| r.limit_bytes as u64);
+    if let Some(from) = source_bytes {
+        // A volume is at least as large as its source, when the range allows it.
+        if from > size && (limit == 0 || from <= limit) {
+            size = from;
+        }
+    }
+    if size < min_bytes {
+        if limit != 0 && limit < min_bytes {
+            return Err(CsiError::OutOfRange(format!(
+                "the filesystem needs a volume of at least {min_bytes} bytes, above the limit {limit}"
+            )));
+        }
+        size = min_bytes;
+    }
+    Ok(size)
 }
 
 /// An absolute, normalized path under `root` (the kubelet directory); anything else is refused.
@@ -208,6 +317,48 @@ mod tests {
         assert!(matches!(size_from_range(r(10, 5).as_ref(), block), Err(CsiError::InvalidArgument(_))));
         assert!(matches!(size_from_range(r(1000, 1000).as_ref(), block), Err(CsiError::OutOfRange(_))));
         assert!(matches!(size_from_range(r(i64::MAX, 0).as_ref(), block), Ok(_) | Err(CsiError::OutOfRange(_))));
+    }
+
+    #[test]
+    fn volume_sizes_follow_source_and_filesystem() {
+        let r = |req: i64, lim: i64| Some(proto::CapacityRange { required_bytes: req, limit_bytes: lim });
+        let block = 64 << 10;
+        // A restore is at least its source's size, unless the limit forbids it.
+        assert_eq!(volume_size(r(1 << 20, 0).as_ref(), block, Some(8 << 20), 0).unwrap(), 8 << 20);
+        assert_eq!(volume_size(r(1 << 20, 4 << 20).as_ref(), block, Some(8 << 20), 0).unwrap(), 1 << 20);
+        // A filesystem's minimum raises the size, or the request is out of range.
+        assert_eq!(volume_size(r(1 << 20, 0).as_ref(), block, None, 300 << 20).unwrap(), 300 << 20);
+        assert!(matches!(
+            volume_size(r(1 << 20, 2 << 20).as_ref(), block, None, 300 << 20),
+            Err(CsiError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn create_requests_become_typed_values() {
+        let caps = vec![cap(Mode::SingleNodeWriter, mount("xfs"))];
+        let req = proto::CreateVolumeRequest { name: "pvc-1".into(), volume_capabilities: caps, ..Default::default() };
+        let v = new_volume(&req, "n1").unwrap();
+        assert_eq!((v.name.as_str(), v.fs), ("pvc-1", Some(FsType::Xfs)));
+        assert_eq!(v.context().get("fsType").map(String::as_str), Some("xfs"));
+        let block = proto::CreateVolumeRequest {
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter, Some(AccessType::Block(BlockVolume {})))],
+            ..req.clone()
+        };
+        assert_eq!(new_volume(&block, "n1").unwrap().fs, None);
+        let disagree = proto::CreateVolumeRequest {
+            parameters: HashMap::from([("fsType".to_owned(), "ext4".to_owned())]),
+            ..req.clone()
+        };
+        assert!(matches!(new_volume(&disagree, "n1"), Err(CsiError::InvalidArgument(_))));
+        let elsewhere = proto::CreateVolumeRequest {
+            accessibility_requirements: Some(proto::TopologyRequirement {
+                requisite: vec![this_node("n2")],
+                preferred: vec![],
+            }),
+            ..req
+        };
+        assert!(matches!(new_volume(&elsewhere, "n1"), Err(CsiError::ResourceExhausted(_))));
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
     node.observe_call("CreateVolume", tonic::Code::Ok, 0.01);
     node.refresh(&e).unwrap();
     let mut text = node.render();
-    text.push_str(&super::run::controller_metrics_text());
+    text.push_str(&super::controller_metrics::controller_metrics_text());
     let mut names = BTreeSet::new();
     let mut modes = BTreeSet::new();
     for line in text.lines() {

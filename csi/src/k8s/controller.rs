@@ -15,7 +15,7 @@ use kube::Client;
 use super::capacity::{self, Action, CapacityObject, PoolView, LABEL_CLASS, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
 use super::crd::ThinPool;
 use super::status;
-use crate::csi::{PLUGIN_NAME, TOPOLOGY_KEY};
+use crate::shared::{PLUGIN_NAME, TOPOLOGY_KEY};
 
 pub const FIELD_MANAGER: &str = "thinpool-csi-controller";
 

@@ -5,11 +5,12 @@
 mod alert_rules_tests;
 pub mod capacity;
 pub mod controller;
+pub mod controller_metrics;
 #[cfg(test)]
 mod controller_tests;
 pub mod crd;
+pub mod leader_loop;
 pub mod lease;
 pub mod orphans;
 pub mod publisher;
-pub mod run;
 pub mod status;

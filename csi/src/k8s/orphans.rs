@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::csi::ids::ObjectId;
+use crate::shared::ids::ObjectId;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrphanReport {

@@ -71,7 +71,7 @@ async fn orphan_report<P: Pool + 'static>(
             .items
             .into_iter()
             .filter_map(|pv| pv.spec?.csi)
-            .filter(|csi| csi.driver == crate::csi::PLUGIN_NAME)
+            .filter(|csi| csi.driver == crate::shared::PLUGIN_NAME)
             .map(|csi| csi.volume_handle)
             .collect(),
         Err(e) => {

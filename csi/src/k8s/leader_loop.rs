@@ -1,0 +1,139 @@
+//! The capacity controller's main loop: leader-elected through a Lease; the leader reconciles the
+//! `CSIStorageCapacity` objects at once on any change to ThinPools, StorageClasses or the objects
+//! it owns (watches), and on a short resync that also catches pools going stale. Pool state
+//! changes become Kubernetes Events on the ThinPool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::Notify;
+
+use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
+use super::controller::{pool_events, reconcile};
+use super::controller_metrics::ControllerMetrics;
+use super::crd::ThinPool;
+use super::lease::LeaseKeeper;
+use super::status;
+use crate::shared::chain;
+
+/// Who this replica is and where it keeps its objects.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// Namespace of the CSIStorageCapacity objects and of the Lease.
+    pub namespace: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    pub lease_name: String,
+    /// A pool whose node has not reported for this many seconds is Stale.
+    pub stale_after: i64,
+}
+
+/// Rings `trigger` on every event of a watched resource.
+fn watch<K>(api: Api<K>, config: watcher::Config, trigger: Arc<Notify>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(_) => trigger.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch failed; the watcher retries"),
+            }
+        }
+    });
+}
+
+/// Runs the controller until the process ends. `healthy` is true while the API is reachable.
+pub async fn run(client: Client, cfg: LoopConfig, metrics: Arc<ControllerMetrics>, healthy: Arc<AtomicBool>) {
+    let trigger = Arc::new(Notify::new());
+    watch(Api::<ThinPool>::all(client.clone()), watcher::Config::default(), trigger.clone());
+    watch(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), trigger.clone());
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    watch(Api::<CSIStorageCapacity>::namespaced(client.clone(), &cfg.namespace), owned, trigger.clone());
+    let keeper = LeaseKeeper {
+        api: Api::namespaced(client.clone(), &cfg.namespace),
+        name: cfg.lease_name.clone(),
+        identity: cfg.identity.clone(),
+        duration_secs: 15,
+    };
+    tracing::info!(identity = %cfg.identity, namespace = %cfg.namespace, "controller started");
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "thinpool-csi-controller".into(),
+            instance: Some(cfg.identity.clone()),
+        },
+    );
+    let mut last_states = std::collections::BTreeMap::new();
+    loop {
+        let leader = match keeper.tick().await {
+            Ok(l) => {
+                healthy.store(true, Ordering::Relaxed);
+                l
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "renewing the Lease failed");
+                false
+            }
+        };
+        metrics.leader.set(i64::from(leader));
+        if leader {
+            let start = Instant::now();
+            match reconcile(&client, &cfg.namespace, cfg.stale_after, &status::now()).await {
+                Ok(r) => {
+                    metrics.record(&r, start.elapsed().as_secs_f64());
+                    for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
+                        let event = kube::runtime::events::Event {
+                            type_: if warning {
+                                kube::runtime::events::EventType::Warning
+                            } else {
+                                kube::runtime::events::EventType::Normal
+                            },
+                            reason,
+                            note: Some(note),
+                            action: "Reconcile".into(),
+                            secondary: None,
+                        };
+                        let reference = k8s_openapi::api::core::v1::ObjectReference {
+                            api_version: Some("thinpool.csi.io/v1alpha1".into()),
+                            kind: Some("ThinPool".into()),
+                            name: Some(pool.clone()),
+                            ..Default::default()
+                        };
+                        if let Err(e) = recorder.publish(&event, &reference).await {
+                            tracing::warn!(error = %e, pool = %pool, "publishing an event");
+                        }
+                    }
+                    last_states = r.states.iter().cloned().collect();
+                    for pool in &r.newly_stale {
+                        tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
+                    }
+                    if r.created + r.updated + r.deleted > 0 {
+                        tracing::info!(
+                            created = r.created,
+                            updated = r.updated,
+                            deleted = r.deleted,
+                            "capacity objects written"
+                        );
+                    }
+                }
+                Err(e) => {
+                    metrics.errors.inc();
+                    tracing::warn!(error = %chain(&e), "reconcile failed");
+                }
+            }
+        }
+        // Renew well within the Lease duration; react at once to watched changes.
+        tokio::select! {
+            _ = trigger.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
