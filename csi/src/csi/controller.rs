@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
+use super::lookup::{locate, Where};
 use super::proto::{self, controller_server::Controller};
 use super::validate;
 use super::{observed, pagination, Driver};
@@ -37,40 +38,47 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
         r: &Record,
         context: HashMap<String, String>,
         source: Option<proto::VolumeContentSource>,
-    ) -> Result<proto::Volume, CsiError> {
-        Ok(proto::Volume {
+    ) -> proto::Volume {
+        proto::Volume {
             capacity_bytes: bytes_i64(r.size_bytes),
-            volume_id: ObjectId::format(&r.name, &self.driver.node_id)?,
+            volume_id: ObjectId::format(&r.name, &self.driver.node_id),
             volume_context: context,
             content_source: source,
             accessible_topology: vec![validate::this_node(&self.driver.node_id)],
-        })
+        }
     }
 
-    fn snapshot(&self, r: &Record) -> Result<proto::Snapshot, CsiError> {
+    fn snapshot(&self, r: &Record) -> proto::Snapshot {
         let source = match &r.source {
-            Some(Source::Volume(v)) => ObjectId::format(v, &self.driver.node_id)?,
+            Some(Source::Volume(v)) => ObjectId::format(v, &self.driver.node_id),
             _ => String::new(),
         };
-        Ok(proto::Snapshot {
+        proto::Snapshot {
             size_bytes: bytes_i64(r.size_bytes),
-            snapshot_id: ObjectId::format(&r.name, &self.driver.node_id)?,
+            snapshot_id: ObjectId::format(&r.name, &self.driver.node_id),
             source_volume_id: source,
             creation_time: Some(timestamp(r.created_unix)),
             ready_to_use: true,
-        })
+        }
     }
 
-    /// An id that must name an object on this node.
-    fn local(&self, id: &str, what: &str) -> Result<Name, CsiError> {
-        let id = ObjectId::parse(id)?;
-        if id.node != self.driver.node_id {
-            return Err(CsiError::FailedPrecondition(format!(
-                "{what} {}@{} lives on node {}, not on {}",
-                id.name, id.node, id.node, self.driver.node_id
-            )));
+    /// An id (the request's `field`) of an object on this node; `None` when it names nothing.
+    /// Another node's object cannot be served here: `FAILED_PRECONDITION`.
+    fn local(&self, id: &str, field: &str) -> Result<Option<ObjectId>, CsiError> {
+        match locate(id, &self.driver.node_id, field)? {
+            Where::Here(o) => Ok(Some(o)),
+            Where::Elsewhere(o) => Err(CsiError::FailedPrecondition(format!(
+                "{id} lives on node {}, not on {}",
+                o.node_label(),
+                self.driver.node_id
+            ))),
+            Where::Nowhere(_) => Ok(None),
         }
-        Ok(id.name)
+    }
+
+    /// Like `local`, but an id that names nothing is `NOT_FOUND`.
+    fn must_local(&self, id: &str, field: &str, kind: Kind) -> Result<ObjectId, CsiError> {
+        self.local(id, field)?.ok_or_else(|| CsiError::NotFound(format!("{kind} {id} not found")))
     }
 
     fn condition(&self) -> Result<proto::VolumeCondition, CsiError> {
@@ -79,6 +87,14 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
             s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
         })
     }
+}
+
+/// Deletes what `id` names on this node; nothing there is success (the spec's idempotent delete).
+fn delete<P: ThinPool, M: Mounter>(d: &Driver<P, M>, kind: Kind, id: &ObjectId) -> Result<(), CsiError> {
+    if let Some(name) = d.resolve(kind, id)? {
+        d.engine.delete(kind, name.as_str())?;
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -95,27 +111,29 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let record = self
                 .driver
                 .blocking(move |d| {
-                    let source_bytes = match &v.source {
+                    let source = match &v.source {
                         None => None,
-                        Some((s, _)) => {
-                            let (kind, n) = match s {
-                                Source::Snapshot(n) => (Kind::Snapshot, n),
-                                Source::Volume(n) => (Kind::Volume, n),
-                            };
-                            let from = d
-                                .engine
-                                .get(kind, n.as_str())?
-                                .ok_or_else(|| CsiError::NotFound(format!("source {s} not found")))?;
-                            Some(from.size_bytes)
-                        }
+                        Some((kind, id)) => Some(
+                            d.find(*kind, id)?
+                                .ok_or_else(|| CsiError::NotFound(format!("source {kind} {id} not found")))?,
+                        ),
                     };
                     let block = d.engine.pool().info().block_bytes();
-                    let size = validate::volume_size(v.range.as_ref(), block, source_bytes, v.min_bytes())?;
-                    Ok(d.engine.create_volume(v.name.as_str(), size, v.source.map(|(s, _)| s))?.record().clone())
+                    let size = validate::volume_size(
+                        v.range.as_ref(),
+                        block,
+                        source.as_ref().map(|r| r.size_bytes),
+                        v.min_bytes(),
+                    )?;
+                    let from = source.map(|r| match r.kind {
+                        Kind::Snapshot => Source::Snapshot(r.name),
+                        Kind::Volume => Source::Volume(r.name),
+                    });
+                    Ok(d.engine.create_volume(v.name.as_str(), size, from)?.record().clone())
                 })
                 .await?;
             Ok(proto::CreateVolumeResponse {
-                volume: Some(self.volume(&record, context, req.volume_content_source.clone())?),
+                volume: Some(self.volume(&record, context, req.volume_content_source.clone())),
             })
         })
         .await
@@ -127,9 +145,12 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::DeleteVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "DeleteVolume", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id, "volume")?;
+            // An id that names nothing names a volume that does not exist: deleted already.
+            let Some(id) = self.local(&req.volume_id, "volume_id")? else {
+                return Ok(proto::DeleteVolumeResponse {});
+            };
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
-            self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Volume, name.as_str())?)).await?;
+            self.driver.blocking(move |d| delete(d, Kind::Volume, &id)).await?;
             Ok(proto::DeleteVolumeResponse {})
         })
         .await
@@ -161,12 +182,11 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "ValidateVolumeCapabilities", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id, "volume")?;
+            let id = self.must_local(&req.volume_id, "volume_id", Kind::Volume)?;
             if req.volume_capabilities.is_empty() {
                 return Err(CsiError::invalid("volume_capabilities is empty"));
             }
-            let exists =
-                self.driver.blocking(move |d| Ok(d.engine.get(Kind::Volume, name.as_str())?.is_some())).await?;
+            let exists = self.driver.blocking(move |d| Ok(d.find(Kind::Volume, &id)?.is_some())).await?;
             if !exists {
                 return Err(CsiError::NotFound(format!("volume {} not found", req.volume_id)));
             }
@@ -200,7 +220,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let mut entries = Vec::new();
             for r in &records {
                 entries.push(proto::list_volumes_response::Entry {
-                    volume: Some(self.volume(r, HashMap::new(), None)?),
+                    volume: Some(self.volume(r, HashMap::new(), None)),
                     status: Some(proto::list_volumes_response::VolumeStatus {
                         published_node_ids: vec![],
                         volume_condition: Some(condition.clone()),
@@ -272,14 +292,16 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             if req.source_volume_id.is_empty() {
                 return Err(CsiError::invalid("source_volume_id is empty"));
             }
-            let source = self.local(&req.source_volume_id, "volume")?;
-            ObjectId::format(&name, &self.driver.node_id)?;
+            let source = self.must_local(&req.source_volume_id, "source_volume_id", Kind::Volume)?;
             let _guard = self.driver.in_flight.claim(name.as_str())?;
             let record = self
                 .driver
-                .blocking(move |d| Ok(d.engine.create_snapshot(name.as_str(), source.as_str())?.record().clone()))
+                .blocking(move |d| {
+                    let source = d.must_resolve(Kind::Volume, &source)?;
+                    Ok(d.engine.create_snapshot(name.as_str(), source.as_str())?.record().clone())
+                })
                 .await?;
-            Ok(proto::CreateSnapshotResponse { snapshot: Some(self.snapshot(&record)?) })
+            Ok(proto::CreateSnapshotResponse { snapshot: Some(self.snapshot(&record)) })
         })
         .await
     }
@@ -290,9 +312,11 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "DeleteSnapshot", &req.snapshot_id.clone(), async {
-            let name = self.local(&req.snapshot_id, "snapshot")?;
+            let Some(id) = self.local(&req.snapshot_id, "snapshot_id")? else {
+                return Ok(proto::DeleteSnapshotResponse {});
+            };
             let _guard = self.driver.in_flight.claim(&req.snapshot_id)?;
-            self.driver.blocking(move |d| Ok(d.engine.delete(Kind::Snapshot, name.as_str())?)).await?;
+            self.driver.blocking(move |d| delete(d, Kind::Snapshot, &id)).await?;
             Ok(proto::DeleteSnapshotResponse {})
         })
         .await
@@ -305,18 +329,22 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         let req = req.into_inner();
         observed(&self.driver, "ListSnapshots", &req.source_volume_id.clone(), async {
             let mut records = self.driver.blocking(|d| Ok(d.engine.list(Kind::Snapshot)?)).await?;
+            let node = &self.driver.node_id;
             if !req.snapshot_id.is_empty() {
                 // An id that is not ours, or unknown, lists nothing.
-                let want = ObjectId::parse(&req.snapshot_id).ok().filter(|id| id.node == self.driver.node_id);
-                records.retain(|r| want.as_ref().is_some_and(|w| w.name == r.name));
+                let want = ObjectId::parse(&req.snapshot_id).ok();
+                records.retain(|r| want.as_ref().is_some_and(|w| w.names(&r.name, node)));
             }
             if !req.source_volume_id.is_empty() {
-                let want = ObjectId::parse(&req.source_volume_id).ok().filter(|id| id.node == self.driver.node_id);
-                records.retain(|r| want.as_ref().is_some_and(|w| r.source == Some(Source::Volume(w.name.clone()))));
+                let want = ObjectId::parse(&req.source_volume_id).ok();
+                records.retain(|r| match (&want, &r.source) {
+                    (Some(w), Some(Source::Volume(v))) => w.names(v, node),
+                    _ => false,
+                });
             }
             let mut keyed = Vec::new();
             for r in &records {
-                let s = self.snapshot(r)?;
+                let s = self.snapshot(r);
                 keyed.push((s.snapshot_id.clone(), proto::list_snapshots_response::Entry { snapshot: Some(s) }));
             }
             let (page, next) = pagination::page(keyed, |(k, _)| k.as_str(), &req.starting_token, req.max_entries)?;
@@ -342,18 +370,13 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
     ) -> Result<Response<proto::ControllerGetVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "ControllerGetVolume", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id, "volume")?;
+            let id = self.must_local(&req.volume_id, "volume_id", Kind::Volume)?;
             let me = self.clone();
-            let (record, condition) = self
-                .driver
-                .blocking(move |d| {
-                    let r = d.engine.get(Kind::Volume, name.as_str())?;
-                    Ok((r, me.condition()?))
-                })
-                .await?;
+            let (record, condition) =
+                self.driver.blocking(move |d| Ok((d.find(Kind::Volume, &id)?, me.condition()?))).await?;
             let record = record.ok_or_else(|| CsiError::NotFound(format!("volume {} not found", req.volume_id)))?;
             Ok(proto::ControllerGetVolumeResponse {
-                volume: Some(self.volume(&record, HashMap::new(), None)?),
+                volume: Some(self.volume(&record, HashMap::new(), None)),
                 status: Some(proto::controller_get_volume_response::VolumeStatus {
                     published_node_ids: vec![],
                     volume_condition: Some(condition),

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod identity;
+pub mod lookup;
 pub mod node;
 pub mod pagination;
 pub mod server;

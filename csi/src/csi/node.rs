@@ -8,13 +8,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::CsiError;
+use super::lookup::{locate, Where};
 use super::proto::{self, node_server::Node};
 use super::validate::{self, Access, AccessKind};
 use super::{observed, Driver};
 use crate::dm::ThinPool;
 use crate::engine::{EngineError, PoolState};
 use crate::mount::{mount_options, FsType, MountError, Mounter};
-use crate::names::Name;
 use crate::shared::ids::ObjectId;
 use crate::store::Kind;
 
@@ -24,21 +24,35 @@ pub struct NodeService<P: ThinPool, M: Mounter> {
 
 /// What NodeStage/NodePublish need, validated.
 struct Target {
-    name: Name,
+    id: ObjectId,
     access: Access,
     fs: FsType,
 }
 
 impl<P: ThinPool + 'static, M: Mounter + 'static> NodeService<P, M> {
-    fn local(&self, volume_id: &str) -> Result<Name, CsiError> {
-        let id = ObjectId::parse(volume_id)?;
-        if id.node != self.driver.node_id {
-            return Err(CsiError::NotFound(format!(
+    /// A volume id for this node. The Node service sees only its own node's volumes: another
+    /// node's id, or one not of our form, is `NOT_FOUND`.
+    fn here(&self, volume_id: &str) -> Result<ObjectId, CsiError> {
+        match locate(volume_id, &self.driver.node_id, "volume_id")? {
+            Where::Here(o) => Ok(o),
+            Where::Elsewhere(o) => Err(CsiError::NotFound(format!(
                 "volume {volume_id} lives on node {}, not on {}",
-                id.node, self.driver.node_id
-            )));
+                o.node_label(),
+                self.driver.node_id
+            ))),
+            Where::Nowhere(why) => Err(CsiError::NotFound(format!("volume {volume_id} not found: {why}"))),
         }
-        Ok(id.name)
+    }
+
+    /// The path of a volume that must already be there (stats, expansion): empty is
+    /// `INVALID_ARGUMENT`; a path where none of our volumes can be (outside the kubelet
+    /// directory, relative) is `NOT_FOUND`, as the spec asks for a volume not at that path.
+    fn volume_path(&self, path: &str) -> Result<PathBuf, CsiError> {
+        if path.is_empty() {
+            return Err(CsiError::invalid("volume_path is empty"));
+        }
+        validate::path_under(&self.driver.kubelet_dir, path, "volume_path")
+            .map_err(|e| CsiError::NotFound(format!("no volume of this driver can be at {path:?}: {e}")))
     }
 
     fn path(&self, path: &str, what: &str) -> Result<PathBuf, CsiError> {
@@ -51,7 +65,9 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> NodeService<P, M> {
         cap: Option<&proto::VolumeCapability>,
         context: &std::collections::HashMap<String, String>,
     ) -> Result<Target, CsiError> {
-        let name = self.local(volume_id)?;
+        if volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is empty"));
+        }
         let access = validate::capability(cap.ok_or_else(|| CsiError::invalid("volume_capability is missing"))?)?;
         let fs = match &access.kind {
             AccessKind::Mount { fs: Some(f), .. } => *f,
@@ -61,7 +77,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> NodeService<P, M> {
                 None => FsType::Ext4,
             },
         };
-        Ok(Target { name, access, fs })
+        let id = self.here(volume_id)?;
+        Ok(Target { id, access, fs })
     }
 }
 
@@ -134,12 +151,13 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeStageVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodeStageVolume", &req.volume_id.clone(), async {
-            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             self.driver
                 .blocking(move |d| {
-                    let dev = d.engine.activate(Kind::Volume, t.name.as_str())?;
+                    let name = d.must_resolve(Kind::Volume, &t.id)?;
+                    let dev = d.engine.activate(Kind::Volume, name.as_str())?;
                     let AccessKind::Mount { flags, .. } = &t.access.kind else {
                         return Ok(());
                     };
@@ -176,13 +194,16 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeUnstageVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodeUnstageVolume", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
+            let id = self.here(&req.volume_id)?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             self.driver
                 .blocking(move |d| {
                     d.mounter.unmount(&staging)?;
-                    not_found_is_ok(d.engine.deactivate(Kind::Volume, name.as_str()))
+                    match d.resolve(Kind::Volume, &id)? {
+                        Some(name) => not_found_is_ok(d.engine.deactivate(Kind::Volume, name.as_str())),
+                        None => Ok(()),
+                    }
                 })
                 .await?;
             Ok(proto::NodeUnstageVolumeResponse {})
@@ -196,8 +217,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodePublishVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodePublishVolume", &req.volume_id.clone(), async {
-            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let target = self.path(&req.target_path, "target_path")?;
+            let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let read_only = req.readonly || t.access.read_only;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
@@ -214,9 +235,10 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                             if mounted.read_only { "read-only" } else { "read-write" }
                         )));
                     }
+                    let name = d.must_resolve(Kind::Volume, &t.id)?;
                     match t.access.kind {
                         AccessKind::Block => {
-                            let dev = d.engine.activate(Kind::Volume, t.name.as_str())?;
+                            let dev = d.engine.activate(Kind::Volume, name.as_str())?;
                             m.make_file(&target)?;
                             m.bind(&dev, &target, read_only)?;
                         }
@@ -224,7 +246,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
                             if m.mounted(&staging)?.is_none() {
                                 return Err(CsiError::FailedPrecondition(format!(
                                     "volume {} is not staged at {}",
-                                    t.name,
+                                    t.id,
                                     staging.display()
                                 )));
                             }
@@ -246,8 +268,8 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeUnpublishVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodeUnpublishVolume", &req.volume_id.clone(), async {
-            self.local(&req.volume_id)?;
             let target = self.path(&req.target_path, "target_path")?;
+            self.here(&req.volume_id)?;
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             self.driver
                 .blocking(move |d| {
@@ -267,14 +289,17 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeGetVolumeStatsResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodeGetVolumeStats", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id)?;
-            let path = self.path(&req.volume_path, "volume_path")?;
+            if req.volume_path.is_empty() {
+                return Err(CsiError::invalid("volume_path is empty"));
+            }
+            let id = self.here(&req.volume_id)?;
+            let me = self.clone();
             self.driver
                 .blocking(move |d| {
                     let record = d
-                        .engine
-                        .get(Kind::Volume, name.as_str())?
-                        .ok_or_else(|| CsiError::NotFound(format!("volume {name} not found")))?;
+                        .find(Kind::Volume, &id)?
+                        .ok_or_else(|| CsiError::NotFound(format!("volume {id} not found")))?;
+                    let path = me.volume_path(&req.volume_path)?;
                     let m = d.mounter.as_ref();
                     if !m.exists(&path) && m.mounted(&path)?.is_none() {
                         return Err(CsiError::NotFound(format!("volume path {} does not exist", path.display())));
@@ -293,22 +318,26 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
     ) -> Result<Response<proto::NodeExpandVolumeResponse>, Status> {
         let req = req.into_inner();
         observed(&self.driver, "NodeExpandVolume", &req.volume_id.clone(), async {
-            let name = self.local(&req.volume_id)?;
-            let path = self.path(&req.volume_path, "volume_path")?;
+            if req.volume_path.is_empty() {
+                return Err(CsiError::invalid("volume_path is empty"));
+            }
+            let id = self.here(&req.volume_id)?;
             if let Some(cap) = &req.volume_capability {
                 validate::capability(cap)?;
             }
             let _guard = self.driver.in_flight.claim(&req.volume_id)?;
             let range = req.capacity_range;
+            let me = self.clone();
             let size = self
                 .driver
                 .blocking(move |d| {
+                    let current = d
+                        .find(Kind::Volume, &id)?
+                        .ok_or_else(|| CsiError::NotFound(format!("volume {id} not found")))?;
+                    let name = current.name.clone();
+                    let path = me.volume_path(&req.volume_path)?;
                     let block = d.engine.pool().info().block_bytes();
                     let wanted = validate::size_from_range(range.as_ref(), block)?;
-                    let current = d
-                        .engine
-                        .get(Kind::Volume, name.as_str())?
-                        .ok_or_else(|| CsiError::NotFound(format!("volume {name} not found")))?;
                     let record = if wanted > current.size_bytes {
                         d.engine.expand_volume(name.as_str(), wanted)?
                     } else {

@@ -36,13 +36,17 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_on(NODE)
+}
+
+fn fixture_on(node: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
     let (engine, _) = Engine::open(MemoryPool::new(10 << 30), Store::open(dir.path()).unwrap(), limits).unwrap();
     let driver = Arc::new(Driver {
         engine: Arc::new(engine),
         mounter: Arc::new(MemoryMounter::default()),
-        node_id: NODE.into(),
+        node_id: node.into(),
         kubelet_dir: KUBELET.into(),
         max_volumes_per_node: 1000,
         in_flight: Default::default(),
@@ -190,7 +194,15 @@ async fn bad_create_requests_get_their_codes_and_change_nothing() {
             volume_id: "../x@node-1".into(),
         })),
     });
-    cases.push((r, Code::InvalidArgument));
+    // An id not of our form names no volume: the spec's NOT_FOUND for a missing source.
+    cases.push((r, Code::NotFound));
+    let mut r = create_req("v", GIB);
+    r.volume_content_source = Some(proto::VolumeContentSource {
+        r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
+            snapshot_id: "reallyfakesnapshotid".into(),
+        })),
+    });
+    cases.push((r, Code::NotFound));
     cases.push((create_req("too-big", 100 * GIB), Code::ResourceExhausted));
     for (req, code) in cases {
         let what = format!("{:?}", req.name);
@@ -309,10 +321,18 @@ async fn delete_list_and_capacity() {
     assert_eq!(f.capacity().await, before - 4 * GIB);
     let other = proto::DeleteVolumeRequest { volume_id: "v1@other-node".into(), ..Default::default() };
     assert_eq!(f.ctl.delete_volume(Request::new(other)).await.unwrap_err().code(), Code::FailedPrecondition);
-    for bad in ["", "v1", "a/b@node-1", "..@node-1"] {
-        let r = proto::DeleteVolumeRequest { volume_id: bad.into(), ..Default::default() };
-        assert_eq!(f.ctl.delete_volume(Request::new(r)).await.unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
+    let empty = proto::DeleteVolumeRequest::default();
+    assert_eq!(f.ctl.delete_volume(Request::new(empty)).await.unwrap_err().code(), Code::InvalidArgument);
+    // Ids not of our form name no volume: deleting them succeeds and changes nothing (a static
+    // PV with a stray handle and reclaim policy Delete must not be retried forever).
+    let left = f.capacity().await;
+    for foreign in ["v1", "a/b@node-1", "..@node-1", "fake-vol-id", "x~0123@node-1"] {
+        let r = proto::DeleteVolumeRequest { volume_id: foreign.into(), ..Default::default() };
+        f.ctl.delete_volume(Request::new(r)).await.unwrap_or_else(|e| panic!("{foreign:?}: {e}"));
+        let r = proto::DeleteSnapshotRequest { snapshot_id: foreign.into(), ..Default::default() };
+        f.ctl.delete_snapshot(Request::new(r)).await.unwrap_or_else(|e| panic!("{foreign:?}: {e}"));
     }
+    assert_eq!(f.capacity().await, left);
 
     // GetCapacity for another node's topology is zero.
     let t = proto::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), "other".to_owned())]) };
@@ -505,4 +525,140 @@ async fn unimplemented_calls_say_why() {
     assert!(e.message().contains("NodeExpandVolume"));
     let e = f.ctl.controller_publish_volume(Request::new(Default::default())).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
+}
+
+fn source(kind: crate::store::Kind, id: &str) -> Option<proto::VolumeContentSource> {
+    use proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    Some(proto::VolumeContentSource {
+        r#type: Some(match kind {
+            crate::store::Kind::Snapshot => Type::Snapshot(SnapshotSource { snapshot_id: id.into() }),
+            crate::store::Kind::Volume => Type::Volume(VolumeSource { volume_id: id.into() }),
+        }),
+    })
+}
+
+/// CSI allows names of 128 bytes and ids of 128 bytes; Kubernetes allows node names of 253.
+/// Every such name on every such node works end to end, with ids within the limit.
+#[tokio::test]
+async fn maximum_length_names_on_a_maximum_length_node() {
+    use crate::store::Kind;
+    let node = format!("{}.example", "n".repeat(245));
+    assert_eq!(node.len(), 253);
+    let f = fixture_on(&node);
+    let name = "v".repeat(128);
+    let vol = f.create(create_req(&name, GIB)).await.unwrap();
+    assert!(vol.volume_id.len() <= 128, "{}", vol.volume_id);
+    assert_eq!(f.create(create_req(&name, GIB)).await.unwrap(), vol);
+    let snap_name = "s".repeat(128);
+    let snap = f
+        .ctl
+        .create_snapshot(Request::new(proto::CreateSnapshotRequest {
+            name: snap_name.clone(),
+            source_volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(snap.snapshot_id.len() <= 128);
+    assert_eq!(snap.source_volume_id, vol.volume_id);
+    let mut restore = create_req(&"r".repeat(128), GIB);
+    restore.volume_content_source = source(Kind::Snapshot, &snap.snapshot_id);
+    f.create(restore).await.unwrap();
+    let mut clone = create_req(&"c".repeat(100), GIB);
+    clone.volume_content_source = source(Kind::Volume, &vol.volume_id);
+    f.create(clone).await.unwrap();
+    let listed = f
+        .ctl
+        .list_snapshots(Request::new(proto::ListSnapshotsRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    let by_source = proto::ListSnapshotsRequest { source_volume_id: vol.volume_id.clone(), ..Default::default() };
+    assert_eq!(f.ctl.list_snapshots(Request::new(by_source)).await.unwrap().into_inner().entries.len(), 1);
+    let get = proto::ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() };
+    assert_eq!(f.ctl.controller_get_volume(Request::new(get)).await.unwrap().into_inner().volume.unwrap(), {
+        let mut v = vol.clone();
+        v.volume_context.clear();
+        v
+    });
+    // The same names on another long node are "elsewhere", not "missing".
+    let other = crate::shared::ids::ObjectId::format(
+        &crate::names::Name::new(&snap_name).unwrap(),
+        &format!("{}.example", "m".repeat(245)),
+    );
+    let mut elsewhere = create_req("x", GIB);
+    elsewhere.volume_content_source = source(Kind::Snapshot, &other);
+    assert_eq!(f.create(elsewhere).await.unwrap_err().code(), Code::ResourceExhausted);
+    f.ctl
+        .delete_snapshot(Request::new(proto::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    f.ctl
+        .delete_volume(Request::new(proto::DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let names: Vec<String> =
+        f.driver.engine.list(Kind::Volume).unwrap().into_iter().map(|r| r.name.to_string()).collect();
+    assert!(!names.contains(&name), "{names:?}");
+    assert!(f.driver.engine.list(Kind::Snapshot).unwrap().is_empty());
+}
+
+/// NodeGetVolumeStats and NodeExpandVolume answer about the volume before the path.
+#[tokio::test]
+async fn node_calls_report_a_missing_volume_first() {
+    let f = fixture();
+    let vol = f.create(create_req("pvc-1", GIB)).await.unwrap();
+    let stats = |volume_id: &str, volume_path: &str| proto::NodeGetVolumeStatsRequest {
+        volume_id: volume_id.into(),
+        volume_path: volume_path.into(),
+        ..Default::default()
+    };
+    for (req, code) in [
+        (stats("", "some/path"), Code::InvalidArgument),
+        (stats(&id("pvc-1"), ""), Code::InvalidArgument),
+        (stats("fake-vol-id", "some/path"), Code::NotFound),
+        (stats(&id("no-such"), "some/path"), Code::NotFound),
+        (stats(&vol.volume_id, "some/path"), Code::NotFound),
+        (stats(&vol.volume_id, "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pv/mount"), Code::NotFound),
+    ] {
+        let what = format!("{req:?}");
+        assert_eq!(f.node.node_get_volume_stats(Request::new(req)).await.unwrap_err().code(), code, "{what}");
+    }
+    let expand = |volume_id: &str, volume_path: &str| proto::NodeExpandVolumeRequest {
+        volume_id: volume_id.into(),
+        volume_path: volume_path.into(),
+        capacity_range: Some(proto::CapacityRange { required_bytes: 2 * GIB, limit_bytes: 0 }),
+        ..Default::default()
+    };
+    let before = f.state();
+    for (req, code) in [
+        (expand("", "some/path"), Code::InvalidArgument),
+        (expand(&vol.volume_id, ""), Code::InvalidArgument),
+        (expand("fake-vol-id", "some/path"), Code::NotFound),
+        (expand(&id("no-such"), "some/path"), Code::NotFound),
+        (expand(&vol.volume_id, "some/path"), Code::NotFound),
+    ] {
+        let what = format!("{req:?}");
+        assert_eq!(f.node.node_expand_volume(Request::new(req)).await.unwrap_err().code(), code, "{what}");
+    }
+    assert_eq!(f.state(), before, "a refused expansion changes nothing");
+    // Node calls with an id not of our form, or of another node, say NOT_FOUND.
+    for bad in ["fake-vol-id", "pvc-1@other-node"] {
+        let mut r = stage_req("pvc-1", mount_cap("ext4"));
+        r.volume_id = bad.into();
+        assert_eq!(f.node.node_stage_volume(Request::new(r)).await.unwrap_err().code(), Code::NotFound, "{bad}");
+    }
 }

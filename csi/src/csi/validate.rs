@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::error::CsiError;
+use super::lookup::{locate, Where};
 use super::proto::volume_content_source as vcs;
 use super::proto::{self, volume_capability::access_mode::Mode, volume_capability::AccessType};
 use crate::mount::FsType;
 use crate::names::Name;
 use crate::shared::ids::ObjectId;
 use crate::shared::TOPOLOGY_KEY;
-use crate::store::Source;
+use crate::store::Kind;
 use crate::units::SECTOR;
 
 /// Size of a volume created with no capacity range.
@@ -118,8 +119,8 @@ pub struct NewVolume {
     pub name: Name,
     /// The filesystem of a mount volume (`None` for block-only volumes).
     pub fs: Option<FsType>,
-    /// The snapshot or volume to start from, and the node it lives on.
-    pub source: Option<(Source, String)>,
+    /// The snapshot or volume to start from, on this node.
+    pub source: Option<(Kind, ObjectId)>,
     pub range: Option<proto::CapacityRange>,
 }
 
@@ -160,33 +161,29 @@ pub fn new_volume(req: &proto::CreateVolumeRequest, node: &str) -> Result<NewVol
             "the requisite topology does not include this node ({TOPOLOGY_KEY}={node})"
         )));
     }
-    let source = content_source(req.volume_content_source.as_ref())?;
-    if let Some((src, on)) = &source {
-        if on != node {
-            return Err(CsiError::ResourceExhausted(format!(
-                "source {src} lives on node {on}; the volume must be provisioned there"
-            )));
-        }
-    }
-    ObjectId::format(&name, node)?;
+    let source = content_source(req.volume_content_source.as_ref(), node)?;
     Ok(NewVolume { name, fs: wants_mount.then(|| fs.unwrap_or(FsType::Ext4)), source, range: req.capacity_range })
 }
 
-/// The snapshot or volume a new volume starts from, and its node.
-fn content_source(src: Option<&proto::VolumeContentSource>) -> Result<Option<(Source, String)>, CsiError> {
+/// The snapshot or volume a new volume starts from: it must be on this node (another node's is
+/// `RESOURCE_EXHAUSTED`, so the provisioner reschedules to it); an id not of our form names
+/// nothing (`NOT_FOUND`).
+fn content_source(src: Option<&proto::VolumeContentSource>, node: &str) -> Result<Option<(Kind, ObjectId)>, CsiError> {
     let Some(t) = src.and_then(|s| s.r#type.as_ref()) else {
         return Ok(None);
     };
-    Ok(Some(match t {
-        vcs::Type::Snapshot(s) => {
-            let id = ObjectId::parse(&s.snapshot_id)?;
-            (Source::Snapshot(id.name), id.node)
-        }
-        vcs::Type::Volume(v) => {
-            let id = ObjectId::parse(&v.volume_id)?;
-            (Source::Volume(id.name), id.node)
-        }
-    }))
+    let (kind, id, field) = match t {
+        vcs::Type::Snapshot(s) => (Kind::Snapshot, &s.snapshot_id, "volume_content_source.snapshot.snapshot_id"),
+        vcs::Type::Volume(v) => (Kind::Volume, &v.volume_id, "volume_content_source.volume.volume_id"),
+    };
+    match locate(id, node, field)? {
+        Where::Here(o) => Ok(Some((kind, o))),
+        Where::Elsewhere(o) => Err(CsiError::ResourceExhausted(format!(
+            "source {kind} {id} lives on node {}; the volume must be provisioned there",
+            o.node_label()
+        ))),
+        Where::Nowhere(why) => Err(CsiError::NotFound(format!("source {kind} {id} not found: {why}"))),
+    }
 }
 
 /// The size of a new volume: the range's size (see `size_from_range`), raised to its source's

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::names::Name;
 use crate::shared::ids::ObjectId;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,17 +19,20 @@ pub struct OrphanReport {
 }
 
 /// `volumes`: names on this node; `pv_handles`: `volumeHandle`s of PVs whose driver is ours.
+/// A volume is referenced when a handle is its id on this node (readable or compact).
 pub fn report(node: &str, volumes: &[String], pv_handles: &[String]) -> OrphanReport {
-    let referenced: BTreeSet<String> = pv_handles
-        .iter()
-        .filter_map(|h| ObjectId::parse(h).ok())
-        .filter(|id| id.node == node)
-        .map(|id| id.name.as_str().to_owned())
-        .collect();
-    let have: BTreeSet<&String> = volumes.iter().collect();
+    let referenced: BTreeSet<&str> =
+        pv_handles.iter().filter(|h| ObjectId::parse(h).is_ok_and(|id| id.is_on(node))).map(String::as_str).collect();
+    let ids: Vec<(&String, Option<String>)> =
+        volumes.iter().map(|v| (v, Name::new(v).ok().map(|n| ObjectId::format(&n, node)))).collect();
+    let have: BTreeSet<&str> = ids.iter().filter_map(|(_, id)| id.as_deref()).collect();
     OrphanReport {
-        orphaned: volumes.iter().filter(|v| !referenced.contains(*v)).cloned().collect(),
-        missing: referenced.iter().filter(|n| !have.contains(n)).map(|n| format!("{n}@{node}")).collect(),
+        orphaned: ids
+            .iter()
+            .filter(|(_, id)| !id.as_deref().is_some_and(|id| referenced.contains(id)))
+            .map(|(v, _)| (*v).clone())
+            .collect(),
+        missing: referenced.iter().filter(|h| !have.contains(*h)).map(|h| (*h).to_owned()).collect(),
     }
 }
 
@@ -100,5 +104,11 @@ mod tests {
         assert_eq!(r.orphaned, vec!["pvc-b", "pvc-c"]);
         assert_eq!(r.missing, vec!["pvc-x@n1"]);
         assert_eq!(report("n1", &[], &[]), OrphanReport::default());
+        // Compact ids (a 128-byte name) are matched too.
+        let long = "v".repeat(128);
+        let id = ObjectId::format(&Name::new(&long).unwrap(), "n1");
+        assert!(id.len() <= 128);
+        let r = report("n1", std::slice::from_ref(&long), &[id]);
+        assert_eq!(r, OrphanReport::default());
     }
 }
