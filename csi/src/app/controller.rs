@@ -95,7 +95,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             lease_name: args.lease_name,
             stale_after: args.stale_after,
         };
-        leader_loop::run(client, cfg, metrics, healthy).await;
+        leader_loop::run(client, cfg, metrics, healthy, super::terminated()).await;
         Ok(())
     })
 }

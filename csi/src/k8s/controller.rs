@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, Resource};
 
 use super::capacity::{self, Action, CapacityObject, PoolView, LABEL_CLASS, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
 use super::crd::ThinPool;
@@ -71,6 +72,9 @@ pub struct PassReport {
     pub newly_stale: Vec<String>,
     /// Each pool's one-word state after this pass (name, state).
     pub states: Vec<(String, String)>,
+    /// Each pool's uid, for the Events about it (`kubectl describe` shows only Events whose
+    /// reference carries the object's uid).
+    pub uids: BTreeMap<String, String>,
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
@@ -80,8 +84,12 @@ fn quantity(bytes: u64) -> Quantity {
     Quantity(bytes.to_string())
 }
 
-fn bytes_of(q: Option<&Quantity>) -> u64 {
-    q.and_then(|q| q.0.parse().ok()).unwrap_or(u64::MAX)
+/// The bytes a Quantity stands for, in any form the API server may return it in (it
+/// canonicalises `5000000000` to `5G`): plain, decimal and binary suffixes, exponents. A value
+/// that is missing or unreadable is `u64::MAX`, which never equals a planned size, so the object
+/// is rewritten with a value we wrote.
+pub fn bytes_of(q: Option<&Quantity>) -> u64 {
+    q.and_then(|q| kube_quantity::ParsedQuantity::try_from(q).ok()).and_then(|p| p.to_bytes_u64()).unwrap_or(u64::MAX)
 }
 
 /// A capacity object we own, as the pure planner sees it (`None` for one without our labels).
@@ -126,6 +134,22 @@ fn object(d: &CapacityObject, namespace: &str, owner: Option<&StorageClass>) -> 
         }),
         capacity: Some(quantity(d.capacity)),
         maximum_volume_size: Some(quantity(d.maximum_volume_size)),
+    }
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// The reference an Event about a pool carries: with the pool's uid, without which
+/// `kubectl describe thinpool` does not show the Event.
+pub fn pool_reference(pool: &str, uid: Option<&String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", ThinPool::group(&()), ThinPool::version(&()))),
+        kind: Some(ThinPool::kind(&()).into_owned()),
+        name: Some(pool.to_owned()),
+        uid: uid.cloned(),
+        ..Default::default()
     }
 }
 
@@ -211,7 +235,7 @@ pub async fn reconcile(
                 let marked = status::mark_stale(&pool.status.clone().unwrap_or_default(), now, stale_after_secs);
                 let patch = serde_json::json!({ "status": marked });
                 pools_api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch_status(&name, &patch_params(), &Patch::Merge(&patch))
                     .await
                     .map_err(|source| ControllerError::MarkStale { pool: name.clone(), source })?;
                 report.newly_stale.push(name.clone());
@@ -223,6 +247,9 @@ pub async fn reconcile(
             pool.status.as_ref().map_or_else(String::new, |s| s.state.clone())
         };
         report.states.push((name.clone(), state));
+        if let Some(uid) = &pool.metadata.uid {
+            report.uids.insert(name.clone(), uid.clone());
+        }
         views.push(PoolView {
             node: pool.spec.node_name.clone(),
             allowed_new_bytes: pool.status.as_ref().map_or(0, |s| s.allowed_new_bytes),
@@ -248,11 +275,7 @@ pub async fn reconcile(
             Action::Update(d) => {
                 let patch = serde_json::json!({ "capacity": d.capacity.to_string(), "maximumVolumeSize": d.maximum_volume_size.to_string() });
                 caps_api
-                    .patch(
-                        &d.name,
-                        &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
-                        &Patch::Merge(&patch),
-                    )
+                    .patch(&d.name, &patch_params(), &Patch::Merge(&patch))
                     .await
                     .map_err(|source| ControllerError::Write { verb: "updating", name: d.name.clone(), source })?;
                 report.updated += 1;

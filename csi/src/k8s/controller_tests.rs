@@ -34,6 +34,15 @@ fn mock(steps: Vec<Step>) -> (Client, tokio::task::JoinHandle<Vec<Value>>) {
             let uri = req.uri().to_string();
             assert_eq!(req.method(), s.method, "{uri}");
             assert!(uri.starts_with(s.path), "request {uri} does not start with {}", s.path);
+            // Every write names its field manager, so `kubectl get -o yaml --show-managed-fields`
+            // says who wrote what.
+            if [Method::POST, Method::PUT, Method::PATCH].contains(req.method()) {
+                assert!(
+                    uri.contains("fieldManager=thinpool-csi-controller"),
+                    "{} {uri} has no field manager",
+                    req.method()
+                );
+            }
             let raw = req.into_body().collect_bytes().await.unwrap();
             bodies.push(serde_json::from_slice(&raw).unwrap_or(Value::Null));
             send.send_response(
@@ -206,5 +215,81 @@ async fn a_lost_race_for_the_lease_means_following() {
         Step { method: Method::PUT, path: LEASE, status: StatusCode::CONFLICT, reply: conflict },
     ]);
     assert!(!keeper(client).tick().await.unwrap());
+    server.await.unwrap();
+}
+
+/// The API server returns quantities in canonical form; the controller compares meanings.
+#[test]
+fn quantities_in_every_form_the_api_server_returns() {
+    use super::controller::bytes_of;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let b = |s: &str| bytes_of(Some(&Quantity(s.to_owned())));
+    assert_eq!(b("5000000000"), 5_000_000_000);
+    assert_eq!(b("5G"), 5_000_000_000);
+    assert_eq!(b("4Gi"), 4 << 30);
+    assert_eq!(b("1e9"), 1_000_000_000);
+    assert_eq!(b("500M"), 500_000_000);
+    assert_eq!(b("1536Mi"), 1536 << 20);
+    assert_eq!(b("12884901888"), 12 << 30);
+    assert_eq!(b("0"), 0);
+    assert_eq!(b("garbage"), u64::MAX);
+    assert_eq!(bytes_of(None), u64::MAX);
+}
+
+/// The API server returns `5G` for the `5000000000` we wrote: that is the same capacity, so the
+/// controller writes nothing (it used to rewrite the object on every pass).
+#[tokio::test]
+async fn a_canonicalised_capacity_is_left_alone() {
+    let mut existing = capacity_obj("thin-ext4", "node-1", 5_000_000_000);
+    existing["capacity"] = json!("5G");
+    existing["maximumVolumeSize"] = json!("5G");
+    let (client, server) = mock(vec![
+        step(Method::GET, POOLS, list("ThinPool", vec![pool("node-1", 5_000_000_000, NOW - 5)])),
+        step(Method::GET, CLASSES, list("StorageClass", vec![class("thin-ext4", "thinpool.csi.io")])),
+        step(Method::GET, CAPS, list("CSIStorageCapacity", vec![existing])),
+    ]);
+    let report = reconcile(&client, "kube-system", 60, &now()).await.unwrap();
+    assert_eq!((report.created, report.updated, report.deleted), (0, 0, 0));
+    server.await.unwrap();
+}
+
+/// Events about a pool carry its uid: `kubectl describe thinpool` shows no Event without it.
+#[tokio::test]
+async fn events_reference_the_pool_with_its_uid() {
+    let mut p = pool("node-1", 1 << 30, NOW - 5);
+    p["metadata"]["uid"] = json!("0b5e-uid");
+    let (client, server) = mock(vec![
+        step(Method::GET, POOLS, list("ThinPool", vec![p])),
+        step(Method::GET, CLASSES, list("StorageClass", vec![])),
+        step(Method::GET, CAPS, list("CSIStorageCapacity", vec![])),
+    ]);
+    let report = reconcile(&client, "kube-system", 60, &now()).await.unwrap();
+    server.await.unwrap();
+    let reference = super::controller::pool_reference("node-1", report.uids.get("node-1"));
+    assert_eq!(reference.uid.as_deref(), Some("0b5e-uid"));
+    assert_eq!(reference.kind.as_deref(), Some("ThinPool"));
+    assert_eq!(reference.api_version.as_deref(), Some("thinpool.csi.io/v1alpha1"));
+    assert_eq!(reference.name.as_deref(), Some("node-1"));
+}
+
+/// On the way out the leader gives the Lease up, so a follower takes it at once; a Lease held by
+/// another replica is left alone.
+#[tokio::test]
+async fn the_leader_releases_the_lease_on_the_way_out() {
+    let (client, server) =
+        mock(vec![step(Method::GET, LEASE, lease("replica-a", 1)), step(Method::PUT, LEASE, lease("", 0))]);
+    assert!(keeper(client).release().await.unwrap());
+    let bodies = server.await.unwrap();
+    assert!(bodies[1]["spec"]["holderIdentity"].is_null(), "{}", bodies[1]);
+    assert_eq!(bodies[1]["metadata"]["resourceVersion"], "7");
+    let released = bodies[1]["spec"].clone();
+    let released: k8s_openapi::api::coordination::v1::LeaseSpec = serde_json::from_value(released).unwrap();
+    assert_eq!(
+        super::lease::decide(Some(&released), "replica-b", Timestamp::now()),
+        super::lease::LeaseAction::Take { transition: true }
+    );
+
+    let (client, server) = mock(vec![step(Method::GET, LEASE, lease("replica-b", 1))]);
+    assert!(!keeper(client).release().await.unwrap());
     server.await.unwrap();
 }

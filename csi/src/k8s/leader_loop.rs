@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
 use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
-use super::controller::{pool_events, reconcile};
+use super::controller::{pool_events, pool_reference, reconcile};
 use super::controller_metrics::ControllerMetrics;
 use super::crd::ThinPool;
 use super::lease::LeaseKeeper;
@@ -39,7 +40,9 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut events = watcher(api, config).boxed();
+        // Backoff between failed attempts: without it an unreachable API server is retried in a
+        // hot loop.
+        let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(_) => trigger.notify_one(),
@@ -49,13 +52,23 @@ where
     });
 }
 
-/// Runs the controller until the process ends. `healthy` is true while the API is reachable.
-pub async fn run(client: Client, cfg: LoopConfig, metrics: Arc<ControllerMetrics>, healthy: Arc<AtomicBool>) {
+/// Runs the controller until `shutdown` completes, then gives the Lease up (when held) so a
+/// follower takes over at once. `healthy` is true while the API is reachable.
+pub async fn run(
+    client: Client,
+    cfg: LoopConfig,
+    metrics: Arc<ControllerMetrics>,
+    healthy: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let trigger = Arc::new(Notify::new());
     watch(Api::<ThinPool>::all(client.clone()), watcher::Config::default(), trigger.clone());
     watch(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), trigger.clone());
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     watch(Api::<CSIStorageCapacity>::namespaced(client.clone(), &cfg.namespace), owned, trigger.clone());
+    // A released Lease is taken at once, not at the next resync.
+    let lease = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
+    watch(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, trigger.clone());
     let keeper = LeaseKeeper {
         api: Api::namespaced(client.clone(), &cfg.namespace),
         name: cfg.lease_name.clone(),
@@ -71,69 +84,77 @@ pub async fn run(client: Client, cfg: LoopConfig, metrics: Arc<ControllerMetrics
         },
     );
     let mut last_states = std::collections::BTreeMap::new();
-    loop {
-        let leader = match keeper.tick().await {
-            Ok(l) => {
-                healthy.store(true, Ordering::Relaxed);
-                l
-            }
-            Err(e) => {
-                healthy.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, "renewing the Lease failed");
-                false
-            }
-        };
-        metrics.leader.set(i64::from(leader));
-        if leader {
-            let start = Instant::now();
-            match reconcile(&client, &cfg.namespace, cfg.stale_after, &status::now()).await {
-                Ok(r) => {
-                    metrics.record(&r, start.elapsed().as_secs_f64());
-                    for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
-                        let event = kube::runtime::events::Event {
-                            type_: if warning {
-                                kube::runtime::events::EventType::Warning
-                            } else {
-                                kube::runtime::events::EventType::Normal
-                            },
-                            reason,
-                            note: Some(note),
-                            action: "Reconcile".into(),
-                            secondary: None,
-                        };
-                        let reference = k8s_openapi::api::core::v1::ObjectReference {
-                            api_version: Some("thinpool.csi.io/v1alpha1".into()),
-                            kind: Some("ThinPool".into()),
-                            name: Some(pool.clone()),
-                            ..Default::default()
-                        };
-                        if let Err(e) = recorder.publish(&event, &reference).await {
-                            tracing::warn!(error = %e, pool = %pool, "publishing an event");
-                        }
-                    }
-                    last_states = r.states.iter().cloned().collect();
-                    for pool in &r.newly_stale {
-                        tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
-                    }
-                    if r.created + r.updated + r.deleted > 0 {
-                        tracing::info!(
-                            created = r.created,
-                            updated = r.updated,
-                            deleted = r.deleted,
-                            "capacity objects written"
-                        );
-                    }
+    let work = async {
+        loop {
+            let leader = match keeper.tick().await {
+                Ok(l) => {
+                    healthy.store(true, Ordering::Relaxed);
+                    l
                 }
                 Err(e) => {
-                    metrics.errors.inc();
-                    tracing::warn!(error = %chain(&e), "reconcile failed");
+                    healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "renewing the Lease failed");
+                    false
+                }
+            };
+            metrics.leader.set(i64::from(leader));
+            if leader {
+                let start = Instant::now();
+                match reconcile(&client, &cfg.namespace, cfg.stale_after, &status::now()).await {
+                    Ok(r) => {
+                        metrics.record(&r, start.elapsed().as_secs_f64());
+                        for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
+                            let event = kube::runtime::events::Event {
+                                type_: if warning {
+                                    kube::runtime::events::EventType::Warning
+                                } else {
+                                    kube::runtime::events::EventType::Normal
+                                },
+                                reason,
+                                note: Some(note),
+                                action: "Reconcile".into(),
+                                secondary: None,
+                            };
+                            let reference = pool_reference(&pool, r.uids.get(&pool));
+                            if let Err(e) = recorder.publish(&event, &reference).await {
+                                tracing::warn!(error = %e, pool = %pool, "publishing an event");
+                            }
+                        }
+                        last_states = r.states.iter().cloned().collect();
+                        for pool in &r.newly_stale {
+                            tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
+                        }
+                        if r.created + r.updated + r.deleted > 0 {
+                            tracing::info!(
+                                created = r.created,
+                                updated = r.updated,
+                                deleted = r.deleted,
+                                "capacity objects written"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        metrics.errors.inc();
+                        tracing::warn!(error = %chain(&e), "reconcile failed");
+                    }
                 }
             }
+            // Renew well within the Lease duration; react at once to watched changes.
+            tokio::select! {
+                _ = trigger.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
-        // Renew well within the Lease duration; react at once to watched changes.
-        tokio::select! {
-            _ = trigger.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = shutdown => {}
+    }
+    metrics.leader.set(0);
+    match tokio::time::timeout(Duration::from_secs(5), keeper.release()).await {
+        Ok(Ok(true)) => tracing::info!(identity = %cfg.identity, "Lease released"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed; it expires in 15 s"),
+        Err(_) => tracing::warn!("releasing the Lease timed out; it expires in 15 s"),
     }
 }

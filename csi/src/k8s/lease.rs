@@ -7,6 +7,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
+use super::controller::FIELD_MANAGER;
+
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseAction {
     /// Nobody holds it: create it.
@@ -64,7 +70,7 @@ impl LeaseKeeper {
                     metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                     spec: Some(spec(0)),
                 };
-                match self.api.create(&PostParams::default(), &lease).await {
+                match self.api.create(&post_params(), &lease).await {
                     Ok(_) => Ok(true),
                     // Another replica created it first.
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -79,12 +85,31 @@ impl LeaseKeeper {
                 }
                 lease.spec = Some(new);
                 // replace() sends the resourceVersion we read: a concurrent change makes it 409.
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self.api.replace(&self.name, &post_params(), &lease).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+
+    /// Gives the Lease up on the way out, when we hold it, so a follower takes it at its next
+    /// look instead of waiting for it to expire. Returns whether we released it.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
+        let Some(spec) = lease.spec.as_mut() else { return Ok(false) };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self.api.replace(&self.name, &post_params(), &lease).await {
+            Ok(_) => Ok(true),
+            // Changed under us: someone else holds it now.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
