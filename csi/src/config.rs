@@ -65,7 +65,7 @@ pub struct PoolArgs {
     pub metadata_fill_limit: f64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LoopSpec {
     pub dir: PathBuf,
     pub name: String,
@@ -74,7 +74,8 @@ pub struct LoopSpec {
     pub block_bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum PoolSpec {
     Loop(LoopSpec),
     DirectLvm { vg: String, lv: String },
@@ -82,11 +83,44 @@ pub enum PoolSpec {
 }
 
 /// Admission limits (see `engine::capacity`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     pub overprovision_ratio: f64,
     pub data_fill_limit_pct: f64,
     pub meta_fill_limit_pct: f64,
+}
+
+impl std::fmt::Display for PoolSpec {
+    /// What an operator checks: the pool's kind, where it lives and its sizes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::units::human_bytes;
+        match self {
+            PoolSpec::Loop(l) => write!(
+                f,
+                "loop: dm device {} on sparse files in {} (data {}, metadata {}, chunk {})",
+                l.name,
+                l.dir.display(),
+                human_bytes(l.data_bytes),
+                human_bytes(l.meta_bytes),
+                human_bytes(l.block_bytes)
+            ),
+            PoolSpec::DirectLvm { vg, lv } => write!(f, "direct-lvm: the LVM thin pool {vg}/{lv}"),
+            PoolSpec::Device { device, vg, lv } => {
+                write!(f, "device: {device}, as the LVM thin pool {vg}/{lv} (built there when the disk is empty)")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "overprovision ratio {}, data fill limit {}%, metadata fill limit {}%",
+            self.overprovision_ratio, self.data_fill_limit_pct, self.meta_fill_limit_pct
+        )
+    }
 }
 
 impl Default for Limits {
@@ -95,7 +129,8 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeConfig {
     pub state_dir: PathBuf,
     pub pool: PoolSpec,

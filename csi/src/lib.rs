@@ -14,6 +14,7 @@ pub mod csi;
 pub mod dm;
 pub mod engine;
 pub mod k8s;
+pub mod kubelet;
 pub mod metrics;
 pub mod mount;
 pub mod names;

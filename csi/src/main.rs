@@ -11,12 +11,18 @@ use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, Volum
 #[derive(Parser, Debug)]
 #[command(name = "thinpool-csi", version, about = "Node-local thin-provisioned volumes on a device-mapper thin pool")]
 struct Cli {
-    /// Output format of the operator commands.
+    /// Output format of the operator commands and of `--check-config`.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: OutputFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+const POOL_FLAGS_HELP: &str =
+    "Each of these commands takes the pool flags (--state-dir, --pool loop|direct-lvm|device, \
+--lvm-pool VG/LV, --device, --pool-name, --loop-dir, --loop-data-size, --overprovision-ratio, --data-fill-limit, \
+--metadata-fill-limit, ...; also as THINPOOL_CSI_* environment variables) and --output json: see \
+`thinpool-csi pool status --help`.";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -25,13 +31,13 @@ enum Command {
     /// Keep CSIStorageCapacity objects true for every (StorageClass, ThinPool); leader-elected.
     Controller(ControllerArgs),
     /// The node's thin pool.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
     Pool(PoolCommand),
     /// Volumes in the pool.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
     Volumes(VolumesCommand),
     /// Snapshots in the pool.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
     Snapshots(SnapshotsCommand),
     /// Print the ThinPool CustomResourceDefinition as YAML.
     Crdgen,
@@ -39,8 +45,8 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Node(args) => run_node(args),
-        Command::Controller(args) => run_controller(args),
+        Command::Node(args) => run_node(args, cli.output),
+        Command::Controller(args) => run_controller(args, cli.output),
         Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
         Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
         Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
@@ -56,6 +62,8 @@ fn main() -> ExitCode {
     let default_level = if matches!(cli.command, Command::Node(_) | Command::Controller(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in container logs or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),

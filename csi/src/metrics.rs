@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::dm::ThinPool;
@@ -46,6 +46,8 @@ pub struct NodeMetrics {
     csi_calls: IntCounterVec,
     orphaned: IntGauge,
     missing: IntGauge,
+    registered: IntGauge,
+    registration_failures: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -89,7 +91,14 @@ impl NodeMetrics {
         ] {
             r.register(c)?;
         }
+        let registration_failures = IntCounter::new(
+            "thinpool_kubelet_registration_failures_total",
+            "Times the kubelet refused to register the driver (NotifyRegistrationStatus false).",
+        )?;
+        r.register(Box::new(registration_failures.clone()))?;
         Ok(NodeMetrics {
+            registered: gauge(&r, "thinpool_kubelet_registered", "1 while the kubelet has the driver registered.")?,
+            registration_failures,
             data_total: gauge(&r, "thinpool_pool_data_total_bytes", "Size of the pool's data device.")?,
             data_used: gauge(&r, "thinpool_pool_data_used_bytes", "Data bytes in use in the pool.")?,
             metadata_total: gauge(&r, "thinpool_pool_metadata_total_bytes", "Size of the pool's metadata device.")?,
@@ -164,6 +173,14 @@ impl NodeMetrics {
         Ok(())
     }
 
+    pub fn set_registered(&self, registered: bool) {
+        self.registered.set(i64::from(registered));
+    }
+
+    pub fn registration_failed(&self) {
+        self.registration_failures.inc();
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -174,9 +191,20 @@ impl NodeMetrics {
     }
 }
 
+/// What the health endpoints look at besides the pool.
+#[derive(Clone, Default)]
+pub struct Health {
+    /// The kubelet registration, when the plugin registers itself.
+    pub registrar: Option<Arc<crate::kubelet::registration::Registrar>>,
+}
+
+/// How long the liveness check may take: a pool whose status ioctl hangs fails it.
+pub const LIVENESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
 struct HttpState<P: ThinPool> {
     metrics: Arc<NodeMetrics>,
     engine: Arc<Engine<P>>,
+    health: Health,
 }
 
 async fn metrics_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
@@ -189,27 +217,56 @@ async fn metrics_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>
     (StatusCode::OK, s.metrics.render())
 }
 
-async fn ready_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
-    let engine = s.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.pool_state()).await {
-        Ok(Ok(PoolState::Rw)) => (StatusCode::OK, "ready\n".into()),
-        Ok(Ok(state)) => (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {state}\n")),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+/// Liveness: the pool's status and the record store can be read within the deadline, what the
+/// CSI Probe reads too. A full or read-only pool is alive (a restart would not help); a hung one
+/// is not.
+pub async fn alive<P: ThinPool + 'static>(
+    engine: Arc<Engine<P>>,
+    deadline: std::time::Duration,
+) -> Result<PoolState, String> {
+    let check = tokio::task::spawn_blocking(move || engine.report().map(|r| r.capacity.state));
+    match tokio::time::timeout(deadline, check).await {
+        Ok(Ok(Ok(state))) => Ok(state),
+        Ok(Ok(Err(e))) => Err(format!("reading the pool and its records: {e}")),
+        Ok(Err(e)) => Err(format!("the check failed: {e}")),
+        Err(_) => Err(format!("the pool or its records did not answer within {deadline:?}")),
+    }
+}
+
+async fn health_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
+    match alive(s.engine.clone(), LIVENESS_DEADLINE).await {
+        Ok(state) => (StatusCode::OK, format!("ok (pool {state})\n")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the pool is rw) on `addr`.
+/// Readiness: alive, the pool is `rw`, and (when the plugin registers itself) the kubelet has the
+/// driver registered.
+async fn ready_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>) -> (StatusCode, String) {
+    match alive(s.engine.clone(), LIVENESS_DEADLINE).await {
+        Ok(PoolState::Rw) => {}
+        Ok(state) => return (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {state}\n")),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+    match s.health.registrar.as_ref().map(|r| r.ready()) {
+        Some(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        _ => (StatusCode::OK, "ready\n".into()),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (liveness: the pool and records answer) and `/readyz` (the pool
+/// is rw and the driver registered) on `addr`.
 pub async fn serve<P: ThinPool + 'static>(
     addr: SocketAddr,
     metrics: Arc<NodeMetrics>,
     engine: Arc<Engine<P>>,
+    health: Health,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler::<P>))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health_handler::<P>))
         .route("/readyz", get(ready_handler::<P>))
-        .with_state(Arc::new(HttpState { metrics, engine }));
+        .with_state(Arc::new(HttpState { metrics, engine, health }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics");
     axum::serve(listener, app).await
@@ -226,6 +283,29 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Liveness answers what a restart would fix: a hung pool fails it within the deadline, a full
+    /// or read-only one does not.
+    #[tokio::test]
+    async fn liveness_fails_for_a_hung_pool_only() {
+        use crate::dm::PoolMode;
+        let dir = tempfile::tempdir().unwrap();
+        let (e, _) =
+            Engine::open(MemoryPool::new(1 << 30), Store::open(dir.path()).unwrap(), Limits::default()).unwrap();
+        let e = Arc::new(e);
+        let deadline = std::time::Duration::from_millis(200);
+        assert_eq!(alive(e.clone(), deadline).await, Ok(PoolState::Rw));
+        e.pool().set_mode(PoolMode::OutOfDataSpace);
+        assert_eq!(alive(e.clone(), deadline).await, Ok(PoolState::OutOfDataSpace));
+        e.pool().set_mode(PoolMode::Ro);
+        assert!(alive(e.clone(), deadline).await.is_ok());
+        e.pool().set_status_delay(std::time::Duration::from_secs(2));
+        let start = std::time::Instant::now();
+        let err = alive(e.clone(), deadline).await.unwrap_err();
+        assert!(err.contains("did not answer"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        e.pool().set_status_delay(std::time::Duration::ZERO);
     }
 
     #[test]

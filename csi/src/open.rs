@@ -15,8 +15,9 @@ pub fn open_pool(spec: &PoolSpec) -> Result<KernelPool, DmError> {
     }
 }
 
+/// Opens the pool first: a pool that cannot be opened leaves no state directory behind.
 pub fn open_engine(cfg: &NodeConfig) -> Result<(Engine<KernelPool>, StartupReport), EngineError> {
-    let store = Store::open(&cfg.state_dir)?;
     let pool = open_pool(&cfg.pool)?;
+    let store = Store::open(&cfg.state_dir)?;
     Engine::open(pool, store, cfg.limits)
 }

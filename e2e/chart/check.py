@@ -3,8 +3,11 @@
 
 - helm lint and helm template for the default values and every charts/thinpool-csi/ci/*-values.yaml,
   the output validated by kubernetes-validate --strict for the oldest and newest Kubernetes
-  versions the chart claims (Chart.yaml annotation), plus structural checks of the kinds it has no
+  versions the chart claims (Chart.yaml annotation), the node-restriction ValidatingAdmissionPolicy
+  and its binding included (it has their schemas), plus structural checks of the kinds it has no
   schema for (VolumeSnapshotClass, PodMonitor, PrometheusRule);
+- the node-restriction policy's CEL expressions evaluated with cel-python against sample admission
+  requests (e2e/chart/admission.py): a node plugin writes its own ThinPool and no other;
 - every flag the chart passes to thinpool-csi is accepted by the binary (`--check-config`);
 - every sidecar flag is one its documentation lists (e2e/chart/sidecar-flags.yaml), at the pinned
   version, with the flags our deployment mode requires;
@@ -23,11 +26,15 @@ import tempfile
 
 import yaml
 
+import admission
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "thinpool-csi")
 CRD_NAME = "thinpool.csi.io_thinpools.yaml"
 MANIFEST = os.path.join(ROOT, "manifests", "thinpool-csi.yaml")
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass"
+# Served by every Kubernetes the chart supports (GA in 1.30); helm 3.10's own list predates it.
+ADMISSION_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 NO_SCHEMA_KINDS = {"VolumeSnapshotClass", "PodMonitor", "PrometheusRule"}
 MANIFEST_HEADER = """# thinpool-csi plain manifests: the Helm chart (charts/thinpool-csi) rendered with its default
 # values (a 10Gi loop pool on every node, for trying it out) into namespace thinpool-csi.
@@ -56,14 +63,17 @@ class Checker:
         self.app_version = chart["appVersion"]
         self.sidecars = yaml.safe_load(open(os.path.join(ROOT, "e2e", "chart", "sidecar-flags.yaml")))
 
-    def template(self, values=None, kube=None, snapshots=True, release="thinpool-csi"):
-        cmd = [self.helm, "template", release, CHART, "--namespace", "thinpool-csi",
+    def template(self, values=None, kube=None, snapshots=True, release="thinpool-csi", namespace="thinpool-csi",
+                 admission_api=True, extra=()):
+        cmd = [self.helm, "template", release, CHART, "--namespace", namespace,
                "--kube-version", kube or self.kube_versions[0]]
         if values:
             cmd += ["-f", values]
         if snapshots:
             cmd += ["--api-versions", SNAPSHOT_API]
-        return run(cmd)
+        if admission_api:
+            cmd += ["--api-versions", ADMISSION_API]
+        return run(cmd + list(extra))
 
     def value_sets(self):
         return [None] + sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
@@ -180,6 +190,27 @@ class Checker:
                     if f_ in used and f"--{f_}=false" not in args:
                         fail(f"{where}: {base} must not get --{f_} in this deployment")
 
+    def node_restriction(self):
+        """The policy's expressions against sample requests, for two release names and namespaces
+        (the ServiceAccount it matches comes from both); none without the API or when turned off."""
+        cases = 0
+        for release, namespace in (("thinpool-csi", "thinpool-csi"), ("tp", "storage")):
+            out = self.template(release=release, namespace=namespace)
+            if out.returncode != 0:
+                fail(f"helm template (node restriction, release {release}): {out.stderr}")
+                continue
+            problems, cases = admission.check([d for d in yaml.safe_load_all(out.stdout) if d])
+            for p in problems:
+                fail(f"node restriction policy (release {release} in {namespace}): {p}")
+        for label, kw in (("nodeRestriction.enabled=false", {"extra": ["--set", "nodeRestriction.enabled=false"]}),
+                          (f"a cluster without {ADMISSION_API}", {"admission_api": False})):
+            out = self.template(**kw)
+            kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d} if out.returncode == 0 else set()
+            if out.returncode != 0 or kinds & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}:
+                fail(f"node restriction policy with {label}: rendered anyway, or the render failed: {out.stderr}")
+        print(f"ok   node restriction policy: {cases} sample requests allowed, denied or not matched as expected"
+              " (two releases); not rendered when turned off or without the API")
+
     def bad_values(self):
         for path in sorted(glob.glob(os.path.join(ROOT, "e2e", "chart", "bad-values", "*.yaml"))):
             first = open(path).readline()
@@ -231,6 +262,7 @@ def main():
     c.manifests(a.write)
     c.crd()
     c.lint_and_validate()
+    c.node_restriction()
     c.bad_values()
     if failures:
         print(f"chart: {len(failures)} check(s) failed", file=sys.stderr)

@@ -12,8 +12,10 @@
 # Environment:
 #   KUBECONFIG               the cluster (required; the suite is skipped without it)
 #   THINPOOL_CSI_IMAGE       image the nodes can pull or already have (default: the chart's)
-#   THINPOOL_E2E_NAMESPACE   namespace of the release (default thinpool-csi-e2e)
-#   THINPOOL_E2E_KEEP=1      leave the release installed afterwards
+#   THINPOOL_E2E_NAMESPACE   namespace of the release (default thinpool-csi-e2e; deleted afterwards
+#                            when the suite created it, or when it is the default)
+#   THINPOOL_E2E_RELEASE     name of the release (default thinpool-csi)
+#   THINPOOL_E2E_KEEP=1      leave the release (and its namespace) installed afterwards
 #   THINPOOL_E2E_LOOP_SIZE   loop pool size per node (default 4Gi)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +29,7 @@ command -v kubectl >/dev/null || { echo "cluster suite: kubectl is not installed
 
 NS=${THINPOOL_E2E_NAMESPACE:-thinpool-csi-e2e}
 APP=thinpool-e2e-app
-RELEASE=thinpool-csi
+RELEASE=${THINPOOL_E2E_RELEASE:-thinpool-csi}
 # shellcheck source=e2e/tools.sh
 . e2e/tools.sh
 ensure_helm
@@ -36,16 +38,42 @@ passed=0
 
 step() { echo; echo "== $*"; }
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
+# show COMMAND...: run a diagnostic command; its failure (a resource the cluster does not have, a
+# namespace never created) is printed and does not stop the other diagnostics.
+show() { echo "\$ $*"; "$@" 2>&1 || true; }
+have_snapshot_api() {
+  kubectl api-resources --api-group=snapshot.storage.k8s.io -o name 2>/dev/null | grep -q '^volumesnapshots\.'
+}
+diagnostics() {
+  echo "--- diagnostics"
+  show kubectl get thinpools -o wide
+  show kubectl -n "$NS" get pods -o wide
+  show kubectl -n "$APP" get pvc,pods -o wide
+  if have_snapshot_api; then
+    show kubectl -n "$APP" get volumesnapshots,volumesnapshotcontents -o wide
+  else
+    echo "(the snapshot CRDs are not installed: no VolumeSnapshots to show)"
+  fi
+  local ns
+  for ns in "$NS" "$APP"; do
+    # In time order, the latest 30: `kubectl events` (kubectl 1.26+) by last seen, else by first seen.
+    echo "\$ kubectl -n $ns events (last 30)"
+    { kubectl -n "$ns" events 2>/dev/null ||
+        kubectl -n "$ns" get events --sort-by=.metadata.creationTimestamp 2>&1; } | tail -30 || true
+  done
+  local p
+  for p in $(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o name 2>/dev/null || true); do
+    show kubectl -n "$NS" logs "$p" -c thinpool-csi --tail=30
+  done
+}
 die() {
   echo "FAIL $*" >&2
-  echo "--- diagnostics" >&2
-  kubectl get thinpools -o wide >&2 || true
-  kubectl -n "$NS" get pods -o wide >&2 || true
-  kubectl -n "$APP" get pvc,pods,volumesnapshots -o wide >&2 || true
-  kubectl -n "$APP" get events --sort-by=.lastTimestamp 2>/dev/null | tail -20 >&2 || true
-  for p in $(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o name 2>/dev/null); do
-    kubectl -n "$NS" logs "$p" -c thinpool-csi --tail=30 >&2 || true
-  done
+  diagnostics >&2
+  exit 1
+}
+# stop MESSAGE: end the suite before it has changed anything (nothing to diagnose).
+stop() {
+  echo "cluster suite: $*" >&2
   exit 1
 }
 # until SECONDS DESCRIPTION COMMAND...: retry COMMAND every second until it succeeds.
@@ -57,20 +85,53 @@ until_ok() {
     sleep 1
   done
 }
+installed=0   # set once the suite runs helm: only then is there a release of its own to remove
+created_ns=0  # the suite created $NS
 cleanup() {
-  kubectl delete namespace "$APP" --ignore-not-found --wait=true --timeout=180s >/dev/null 2>&1 || true
-  if [ "${THINPOOL_E2E_KEEP:-0}" != 1 ]; then
-    "$HELM" uninstall "$RELEASE" -n "$NS" --wait >/dev/null 2>&1 || true
+  [ "$installed" = 1 ] || return 0
+  kubectl delete namespace "$APP" --ignore-not-found --wait=true --timeout=180s >/dev/null 2>&1 ||
+    echo "cleanup: namespace $APP is still terminating after 180 s" >&2
+  if [ "${THINPOOL_E2E_KEEP:-0}" = 1 ]; then
+    echo "cleanup: keeping release $RELEASE in namespace $NS (THINPOOL_E2E_KEEP=1)" >&2
+    return 0
+  fi
+  "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 3m >/dev/null 2>&1 ||
+    echo "cleanup: helm uninstall $RELEASE -n $NS failed or timed out" >&2
+  # A namespace the user named and made beforehand is theirs to keep.
+  if [ "$created_ns" = 1 ] || [ "$NS" = thinpool-csi-e2e ]; then
+    kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 ||
+      echo "cleanup: namespace $NS is still terminating after 120 s" >&2
   fi
 }
 trap cleanup EXIT
+# Interrupted or killed: exit through the EXIT trap, which cleans up.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-step "install the chart into $NS"
+# The chart's cluster-wide objects (CSIDriver, StorageClasses, ClusterRoles) exist once per cluster:
+# a thinpool-csi installed under another release or namespace makes the install fail. Say so first.
+owner=$(kubectl get csidriver thinpool.csi.io \
+  -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}/{.metadata.annotations.meta\.helm\.sh/release-namespace}' \
+  2>/dev/null || true)
+case "$owner" in
+  "" | "$RELEASE/$NS") ;;  # not installed, or this suite's release kept from an earlier run
+  /) stop "the CSIDriver thinpool.csi.io exists but no Helm release owns it (applied from manifests/?)." \
+          "Remove that installation first (kubectl delete -f manifests/thinpool-csi.yaml) or use another cluster." ;;
+  *) stop "thinpool-csi is already installed on this cluster: Helm release ${owner%%/*} in namespace ${owner#*/}." \
+          "The suite installs its own release ($RELEASE in $NS) and the two would clash. Uninstall it first" \
+          "(helm uninstall ${owner%%/*} -n ${owner#*/}), or use another cluster. If it is a release this suite" \
+          "left with THINPOOL_E2E_KEEP=1, run again with THINPOOL_E2E_RELEASE=${owner%%/*}" \
+          "THINPOOL_E2E_NAMESPACE=${owner#*/} to reuse it (the suite upgrades it with its own values)." ;;
+esac
+kubectl get namespace "$NS" >/dev/null 2>&1 || created_ns=1
+
+step "install the chart into $NS (release $RELEASE)"
 set_image=()
 if [ -n "${THINPOOL_CSI_IMAGE:-}" ]; then
   set_image=(--set "image.repository=${THINPOOL_CSI_IMAGE%:*}" --set "image.tag=${THINPOOL_CSI_IMAGE##*:}"
              --set image.pullPolicy=IfNotPresent)
 fi
+installed=1
 "$HELM" upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout 5m \
   "${set_image[@]}" \
   --set "nodeGroups[0].name=e2e" --set "nodeGroups[0].pool.kind=loop" \

@@ -4,38 +4,52 @@
 set -eu
 T="$THINPOOL_CSI"
 export THINPOOL_CSI_STATE_DIR=/tmp/demo/state THINPOOL_CSI_LOOP_DATA_SIZE=2Gi
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Only the demo's own lines on the console: no kernel messages between them.
+dmesg -n 1 2>/dev/null || true
+# Bold headings only when the host prints to a terminal (the harness says so).
+if [ "${THINPOOL_DEMO_COLOR:-0}" = 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 show() { printf '$ %s\n' "$*"; "$@"; }
+note() { printf '   (%s)\n' "$*"; }
 
-step "A new loop pool (2 GiB sparse data file, block zeroing on)"
-show "$T" pool status
-
-step "Create a 256 MiB volume, put ext4 on it, write a file"
+step "Create a 256 MiB volume; the first change creates the loop pool (2 GiB sparse data file, block zeroing on)"
 show "$T" volumes create base --size 256Mi
+show "$T" pool status
+note "allowed new = overprovision ratio (5) x data size (2 GiB) - provisioned (256 MiB): how much more may be provisioned; zero when a fill limit is crossed"
+
+step "Put ext4 on volume base, mount it at /tmp/demo/base, write a file"
 DEV=$("$T" volumes activate base)
-mkfs.ext4 -q "$DEV"
-mkdir -p /tmp/demo/mnt
-mount "$DEV" /tmp/demo/mnt
-echo "hello world, I am a base" > /tmp/demo/mnt/hello.txt
-show cat /tmp/demo/mnt/hello.txt
-umount /tmp/demo/mnt
+note "volume base is the thin device $DEV"
+show mkfs.ext4 -q "$DEV"
+mkdir -p /tmp/demo/base /tmp/demo/restored
+show mount "$DEV" /tmp/demo/base
+echo "hello world, I am a base" > /tmp/demo/base/hello.txt
+note "reading volume base"
+show cat /tmp/demo/base/hello.txt
+show umount /tmp/demo/base
 
-step "Snapshot it, then change the original"
+step "Snapshot volume base, then change base"
 show "$T" volumes snapshot base-snap --volume base
-mount "$DEV" /tmp/demo/mnt
-echo "I was changed after the snapshot" > /tmp/demo/mnt/hello.txt
-show cat /tmp/demo/mnt/hello.txt
-umount /tmp/demo/mnt
+show mount "$DEV" /tmp/demo/base
+echo "I was changed after the snapshot" > /tmp/demo/base/hello.txt
+note "reading volume base after the change"
+show cat /tmp/demo/base/hello.txt
+show umount /tmp/demo/base
 
-step "Restore a new 512 MiB volume from the snapshot and read it"
+step "Restore a new 512 MiB volume 'restored' from the snapshot, mount it at /tmp/demo/restored"
 show "$T" volumes create restored --size 512Mi --from-snapshot base-snap
 RDEV=$("$T" volumes activate restored)
-mount "$RDEV" /tmp/demo/mnt
-# Grow the restored filesystem online to the larger volume, as NodeStageVolume does.
+note "volume restored is the thin device $RDEV"
+show mount "$RDEV" /tmp/demo/restored
+note "growing its ext4 online to the larger volume, as NodeStageVolume does"
 resize2fs "$RDEV" >/tmp/demo/resize.log 2>&1 || { cat /tmp/demo/resize.log; exit 1; }
-show cat /tmp/demo/mnt/hello.txt
-show df -h /tmp/demo/mnt
-umount /tmp/demo/mnt
+note "reading volume restored: the text from before the change"
+show cat /tmp/demo/restored/hello.txt
+show df -h /tmp/demo/restored
+show umount /tmp/demo/restored
 
 step "What the node holds now"
 show "$T" volumes list

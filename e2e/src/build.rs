@@ -54,3 +54,21 @@ pub fn kernel_suite() -> Result<PathBuf> {
 pub fn bench() -> Result<PathBuf> {
     cargo_executable(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
 }
+
+/// Builds csi-sanity (the kubernetes-csi conformance suite) at the version `e2e/sanity/go.mod`
+/// pins, into `target/tools/`; Go's module and build caches stay in the user's cache.
+pub fn csi_sanity() -> Result<PathBuf> {
+    let out = workspace().join("target/tools/csi-sanity");
+    let status = Command::new("go")
+        .args(["build", "-trimpath", "-o"])
+        .arg(&out)
+        .arg("github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity")
+        .current_dir(workspace().join("e2e/sanity"))
+        .env("CGO_ENABLED", "0")
+        .status()
+        .context("running go (Go 1.24 or newer builds csi-sanity from its module; install Go)")?;
+    if !status.success() {
+        bail!("go build of csi-sanity failed");
+    }
+    Ok(out)
+}

@@ -52,23 +52,34 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Vm { filter } => {
             let suite = build::kernel_suite()?;
             let csi = build::csi_binary(false)?;
+            let sanity = build::csi_sanity()?;
             let filter = filter.unwrap_or_default();
             if !filter.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 anyhow::bail!("the filter {filter:?} may hold only letters, digits, '_' and '-'");
             }
-            let script = format!("export THINPOOL_CSI_BIN={}\n{} {filter}", csi.display(), suite.display());
-            vm::run_in_vm("kernel-suite", &script, limit(1500))
+            let script = format!(
+                "export THINPOOL_CSI_BIN={}\nexport THINPOOL_CSI_SANITY={}\n{} {filter}",
+                csi.display(),
+                sanity.display(),
+                suite.display()
+            );
+            vm::run_in_vm("kernel-suite", &script, limit(1500), true)
         }
         Cmd::Demo => {
             let csi = build::csi_binary(false)?;
             let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/demo.sh");
-            let script = format!("export THINPOOL_CSI={}\nsh {}", csi.display(), demo.display());
-            vm::run_in_vm("demo", &script, limit(300))
+            let color = u8::from(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            let script = format!(
+                "export THINPOOL_CSI={}\nexport THINPOOL_DEMO_COLOR={color}\nsh {}",
+                csi.display(),
+                demo.display()
+            );
+            vm::run_in_vm("demo", &script, limit(300), false)
         }
         Cmd::Bench { ops } => {
             let bench = build::bench()?;
             let script = format!("{} --ops {ops}", bench.display());
-            vm::run_in_vm("bench", &script, limit(2400))
+            vm::run_in_vm("bench", &script, limit(2400), true)
         }
     }
 }

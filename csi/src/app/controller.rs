@@ -11,12 +11,14 @@ use axum::Router;
 use clap::Args;
 use kube::Client;
 
+use crate::cli::OutputFormat;
 use crate::csi::capability_endpoint;
 use crate::csi::server::socket_path;
 use crate::k8s::controller_metrics::ControllerMetrics;
 use crate::k8s::leader_loop::{self, LoopConfig};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ControllerArgs {
     /// Namespace of the CSIStorageCapacity objects and of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
@@ -36,12 +38,46 @@ pub struct ControllerArgs {
     /// external-resizer in the same pod ("" turns it off).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "")]
     pub csi_endpoint: String,
-    /// Check the flags, print them, and exit without contacting the API server.
+    /// Check the flags, print what they mean (`--output json` for scripts), and exit without
+    /// contacting the API server.
     #[arg(long)]
+    #[serde(skip)]
     pub check_config: bool,
 }
 
-pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+/// What `--check-config` shows.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckedController<'a> {
+    #[serde(flatten)]
+    args: &'a ControllerArgs,
+    metrics_address: Option<SocketAddr>,
+    capability_socket: Option<&'a std::path::Path>,
+}
+
+impl CheckedController<'_> {
+    fn render(&self, output: OutputFormat) -> Result<String, serde_json::Error> {
+        if output == OutputFormat::Json {
+            return Ok(serde_json::to_string_pretty(self)? + "\n");
+        }
+        let a = self.args;
+        let rows = [
+            ("namespace", a.namespace.clone()),
+            ("identity", a.identity.clone()),
+            ("Lease", format!("{}/{}", a.namespace, a.lease_name)),
+            ("stale after", format!("{} s without a ThinPool heartbeat", a.stale_after)),
+            ("metrics", self.metrics_address.map_or("off".to_owned(), |m| format!("http://{m}/metrics"))),
+            ("capability socket", self.capability_socket.map_or("off".to_owned(), |p| p.display().to_string())),
+        ];
+        let mut out = String::from("configuration ok (the API server was not contacted)\n");
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<17} {v}\n"));
+        }
+        Ok(out)
+    }
+}
+
+pub fn run_controller(args: ControllerArgs, output: OutputFormat) -> anyhow::Result<()> {
     let metrics_addr: Option<SocketAddr> = match args.metrics_address.as_str() {
         "" => None,
         a => Some(a.parse().map_err(|_| anyhow::anyhow!("--metrics-address {a:?} is not host:port"))?),
@@ -54,7 +90,12 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--stale-after {} must be at least 1 second", args.stale_after);
     }
     if args.check_config {
-        println!("configuration ok: {args:?}");
+        let checked = CheckedController {
+            args: &args,
+            metrics_address: metrics_addr,
+            capability_socket: capability_socket.as_deref(),
+        };
+        print!("{}", checked.render(output)?);
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -2,17 +2,20 @@
 //! retrier, the metrics endpoint and the ThinPool publisher, then serves CSI until SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::PoolArgs;
+use crate::cli::OutputFormat;
+use crate::config::{NodeConfig, PoolArgs};
 use crate::csi::server::{bind, serve, socket_path};
 use crate::csi::Driver;
 use crate::engine::deferred::DeferredRetrier;
 use crate::k8s::orphans::MIN_ORPHAN_GRACE_SECS;
+use crate::kubelet::registration::Registrar;
+use crate::kubelet::socket::{self as kubelet_socket, socket_in};
 use crate::mount::linux::LinuxMounter;
 use crate::shared::ids::valid_node_name;
 
@@ -46,7 +49,19 @@ pub struct NodeArgs {
     /// How often deletes deferred by an open device are retried, in seconds.
     #[arg(long, default_value_t = 10)]
     pub deferred_delete_interval: u64,
-    /// Check the flags and the pool configuration, print them, and exit without touching the node.
+    /// The kubelet's plugin registry directory: serve the kubelet's plugin registration there
+    /// ("" turns it off, for a node-driver-registrar sidecar to do it).
+    #[arg(long, env = "REGISTRATION_DIR", default_value = "")]
+    pub registration_dir: String,
+    /// The CSI socket as the kubelet sees it (node-driver-registrar's --kubelet-registration-path).
+    #[arg(
+        long,
+        env = "KUBELET_REGISTRATION_PATH",
+        default_value = "/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock"
+    )]
+    pub kubelet_registration_path: PathBuf,
+    /// Check the flags and the pool configuration, print what they mean (`--output json` for
+    /// scripts), and exit without touching the node.
     #[arg(long)]
     pub check_config: bool,
     #[command(flatten)]
@@ -63,10 +78,75 @@ pub enum NodeArgsError {
     OrphanGrace(u64),
     #[error("--metrics-address {0:?} is not host:port")]
     MetricsAddress(String),
+    #[error("--registration-dir {0:?} must be an absolute path (the kubelet's plugins_registry) or empty")]
+    RegistrationDir(String),
+    #[error("--kubelet-registration-path {0:?} must be the absolute path of the CSI socket as the kubelet sees it")]
+    RegistrationPath(PathBuf),
+}
+
+/// How often the registration socket is checked for having been deleted.
+const REGISTRATION_CHECK: Duration = Duration::from_secs(5);
+
+/// What `--check-config` shows: what a person checks before starting the node plugin.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckedNode<'a> {
+    node: &'a str,
+    socket: &'a Path,
+    kubelet_dir: &'a Path,
+    config: &'a NodeConfig,
+    metrics_address: Option<SocketAddr>,
+    publish_status: bool,
+    heartbeat_secs: u64,
+    delete_orphans_after_secs: u64,
+    registration_socket: Option<&'a Path>,
+    kubelet_registration_path: &'a Path,
+}
+
+impl CheckedNode<'_> {
+    fn render(&self, output: OutputFormat) -> Result<String, serde_json::Error> {
+        if output == OutputFormat::Json {
+            return Ok(serde_json::to_string_pretty(self)? + "\n");
+        }
+        let orphans = match self.delete_orphans_after_secs {
+            0 => "reported, never deleted".to_owned(),
+            n => format!("deleted after {n} s without a PersistentVolume"),
+        };
+        let rows = [
+            ("node", self.node.to_owned()),
+            ("CSI socket", self.socket.display().to_string()),
+            ("kubelet dir", self.kubelet_dir.display().to_string()),
+            ("state dir", self.config.state_dir.display().to_string()),
+            ("pool", self.config.pool.to_string()),
+            ("limits", self.config.limits.to_string()),
+            ("metrics", self.metrics_address.map_or("off".to_owned(), |a| format!("http://{a}/metrics"))),
+            (
+                "ThinPool status",
+                if self.publish_status {
+                    format!("published, heartbeat every {} s", self.heartbeat_secs)
+                } else {
+                    "not published".to_owned()
+                },
+            ),
+            ("orphaned volumes", orphans),
+            (
+                "kubelet registration",
+                self.registration_socket
+                    .map_or("off (a node-driver-registrar sidecar registers the driver)".to_owned(), |p| {
+                        format!("served at {}, announcing {}", p.display(), self.kubelet_registration_path.display())
+                    }),
+            ),
+        ];
+        let mut out = String::from("configuration ok (nothing was touched)\n");
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<17} {v}\n"));
+        }
+        Ok(out)
+    }
 }
 
 /// `thinpool-csi node`: opens and recovers the pool, then serves until SIGTERM.
-pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
     if !valid_node_name(&args.node_id) {
         return Err(NodeArgsError::NodeId(args.node_id).into());
     }
@@ -81,14 +161,29 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if args.delete_orphans_after != 0 && args.delete_orphans_after < MIN_ORPHAN_GRACE_SECS {
         return Err(NodeArgsError::OrphanGrace(args.delete_orphans_after).into());
     }
+    let registration_socket = match args.registration_dir.as_str() {
+        "" => None,
+        d if Path::new(d).is_absolute() => Some(socket_in(Path::new(d))),
+        d => return Err(NodeArgsError::RegistrationDir(d.to_owned()).into()),
+    };
+    if !args.kubelet_registration_path.is_absolute() {
+        return Err(NodeArgsError::RegistrationPath(args.kubelet_registration_path).into());
+    }
     let config = args.pool.validate()?;
     if args.check_config {
-        println!(
-            "configuration ok: node {} socket {} kubelet dir {} {config:?}",
-            args.node_id,
-            socket.display(),
-            args.kubelet_dir.display()
-        );
+        let checked = CheckedNode {
+            node: &args.node_id,
+            socket: &socket,
+            kubelet_dir: &args.kubelet_dir,
+            config: &config,
+            metrics_address: metrics_addr,
+            publish_status: args.publish_status,
+            heartbeat_secs: args.heartbeat_interval,
+            delete_orphans_after_secs: args.delete_orphans_after,
+            registration_socket: registration_socket.as_deref(),
+            kubelet_registration_path: &args.kubelet_registration_path,
+        };
+        print!("{}", checked.render(output)?);
         return Ok(());
     }
     let (engine, report) = crate::open::open_engine(&config)?;
@@ -136,16 +231,48 @@ pub fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        // One shutdown for every server: SIGTERM or SIGINT.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn(async move {
+            super::terminated().await;
+            let _ = stop.send(true);
+        });
+        let registrar = registration_socket.as_ref().map(|_| {
+            Arc::new(Registrar::new(args.kubelet_registration_path.display().to_string(), Some(metrics.clone())))
+        });
+        let listener = bind(&socket)?;
+        tracing::info!(socket = %socket.display(), "serving CSI");
+        // Registered only once the CSI socket answers: the kubelet calls NodeGetInfo right away.
+        let registration = match (&registrar, registration_socket) {
+            (Some(r), Some(path)) => {
+                Some(tokio::spawn(kubelet_socket::serve(r.clone(), path, REGISTRATION_CHECK, stopped())))
+            }
+            _ => None,
+        };
         if let Some(addr) = metrics_addr {
+            let health = crate::metrics::Health { registrar };
             tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(addr, metrics, engine).await {
+                if let Err(e) = crate::metrics::serve(addr, metrics, engine, health).await {
                     tracing::error!(error = %e, %addr, "metrics endpoint failed");
                 }
             });
         }
-        let listener = bind(&socket)?;
-        tracing::info!(socket = %socket.display(), "serving CSI");
-        serve(driver, listener, super::terminated()).await
+        let served = serve(driver, listener, stopped()).await;
+        if let Some(task) = registration {
+            // Removes the registration socket, so the kubelet unregisters the driver.
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "kubelet registration"),
+                Err(e) => tracing::warn!(error = %e, "kubelet registration task"),
+            }
+        }
+        served
     })?;
     Ok(())
 }

@@ -50,6 +50,7 @@ pub enum VolumesCommand {
     List(PoolArgs),
     /// Create a volume, empty or from a snapshot or volume.
     Create {
+        /// Name of the new volume: letters, digits, '-', '_', '.', ':'; at most 128 bytes.
         name: String,
         /// Size, e.g. 1Gi, 512Mi, 10G.
         #[arg(long)]
@@ -65,13 +66,16 @@ pub enum VolumesCommand {
     },
     /// Delete a volume (its snapshots stay).
     Delete {
+        /// The volume to delete.
         name: String,
         #[command(flatten)]
         pool: PoolArgs,
     },
     /// Grow a volume's thin device.
     Expand {
+        /// The volume to grow.
         name: String,
+        /// Its new size, e.g. 2Gi (volumes never shrink).
         #[arg(long)]
         size: String,
         #[command(flatten)]
@@ -89,7 +93,9 @@ pub enum VolumesCommand {
     },
     /// Activate a volume's (or, with --snapshot, a snapshot's) device and print its path.
     Activate {
+        /// The volume (or snapshot) to activate.
         name: String,
+        /// NAME is a snapshot.
         #[arg(long)]
         snapshot: bool,
         #[command(flatten)]
@@ -97,7 +103,9 @@ pub enum VolumesCommand {
     },
     /// Deactivate a volume's or snapshot's device.
     Deactivate {
+        /// The volume (or snapshot) to deactivate.
         name: String,
+        /// NAME is a snapshot.
         #[arg(long)]
         snapshot: bool,
         #[command(flatten)]
@@ -111,6 +119,7 @@ pub enum SnapshotsCommand {
     List(PoolArgs),
     /// Delete a snapshot.
     Delete {
+        /// The snapshot to delete.
         name: String,
         #[command(flatten)]
         pool: PoolArgs,
@@ -132,10 +141,28 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("the pool and the records disagree (see above)")]
     CheckFailed,
+    #[error(
+        "no records in {0}: thinpool-csi has not managed a pool with this state directory yet \
+         (check --state-dir and the pool flags); nothing was created"
+    )]
+    NoState(std::path::PathBuf),
 }
 
-fn engine(args: &PoolArgs) -> Result<Engine<crate::dm::kernel::KernelPool>, CliError> {
+/// What a command may do to the node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Only looks: on a node without records it creates nothing (no state directory, no loop
+    /// files, no adoption) and says so.
+    Read,
+    /// Changes the pool: opens or creates it, as the node plugin does.
+    Write,
+}
+
+fn engine(args: &PoolArgs, access: Access) -> Result<Engine<crate::dm::kernel::KernelPool>, CliError> {
     let cfg = args.validate()?;
+    if access == Access::Read && !crate::store::Store::exists(&cfg.state_dir) {
+        return Err(CliError::NoState(cfg.state_dir));
+    }
     let (engine, _report) = crate::open::open_engine(&cfg)?;
     Ok(engine)
 }
@@ -210,11 +237,11 @@ fn pool_table(r: &PoolReport) -> String {
 pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
     match cmd {
         PoolCommand::Status(args) => {
-            let report = engine(&args)?.report()?;
+            let report = engine(&args, Access::Read)?.report()?;
             print(out, &report, || pool_table(&report))
         }
         PoolCommand::Check(args) => {
-            let check = engine(&args)?.check()?;
+            let check = engine(&args, Access::Read)?.check()?;
             print(out, &check, || {
                 format!(
                     "pool transaction id: {}\nrecords' transaction id: {}\norphan thin ids (in the pool, no record): {:?}\nmissing thin ids (recorded, not in the pool): {:?}\nopen intents: {}\nverdict: {}\n",
@@ -252,7 +279,7 @@ pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
 pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
     match cmd {
         VolumesCommand::List(args) => {
-            let list = engine(&args)?.list(Kind::Volume)?;
+            let list = engine(&args, Access::Read)?.list(Kind::Volume)?;
             print(out, &list, || records_table(&list))
         }
         VolumesCommand::Create { name, size, from_snapshot, from_volume, pool } => {
@@ -262,23 +289,23 @@ pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
                 (None, Some(v)) => Some(Source::Volume(crate::names::Name::new(&v).map_err(EngineError::from)?)),
                 (None, None) => None,
             };
-            let made = engine(&pool)?.create_volume(&name, size, source)?;
+            let made = engine(&pool, Access::Write)?.create_volume(&name, size, source)?;
             print(out, &made, || {
                 let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
                 format!("volume {name} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
             })
         }
         VolumesCommand::Delete { name, pool } => {
-            let outcome = engine(&pool)?.delete(Kind::Volume, &name)?;
+            let outcome = engine(&pool, Access::Write)?.delete(Kind::Volume, &name)?;
             print(out, &outcome, || format!("volume {name}: {outcome:?}\n").to_lowercase())
         }
         VolumesCommand::Expand { name, size, pool } => {
             let size = parse_size(&size)?;
-            let r = engine(&pool)?.expand_volume(&name, size)?;
+            let r = engine(&pool, Access::Write)?.expand_volume(&name, size)?;
             print(out, &r, || format!("volume {name} is now {}\n", human_bytes(r.size_bytes)))
         }
         VolumesCommand::Snapshot { name, volume, pool } => {
-            let made = engine(&pool)?.create_snapshot(&name, &volume)?;
+            let made = engine(&pool, Access::Write)?.create_snapshot(&name, &volume)?;
             print(out, &made, || {
                 let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
                 format!("snapshot {name} of {volume} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
@@ -286,12 +313,12 @@ pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
         }
         VolumesCommand::Activate { name, snapshot, pool } => {
             let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
-            let path = engine(&pool)?.activate(kind, &name)?;
+            let path = engine(&pool, Access::Write)?.activate(kind, &name)?;
             print(out, &path, || format!("{}\n", path.display()))
         }
         VolumesCommand::Deactivate { name, snapshot, pool } => {
             let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
-            engine(&pool)?.deactivate(kind, &name)?;
+            engine(&pool, Access::Write)?.deactivate(kind, &name)?;
             print(out, &"deactivated", || format!("{kind} {name} deactivated\n"))
         }
     }
@@ -300,12 +327,60 @@ pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
 pub fn snapshots(cmd: SnapshotsCommand, out: OutputFormat) -> Result<(), CliError> {
     match cmd {
         SnapshotsCommand::List(args) => {
-            let list = engine(&args)?.list(Kind::Snapshot)?;
+            let list = engine(&args, Access::Read)?.list(Kind::Snapshot)?;
             print(out, &list, || records_table(&list))
         }
         SnapshotsCommand::Delete { name, pool } => {
-            let outcome = engine(&pool)?.delete(Kind::Snapshot, &name)?;
+            let outcome = engine(&pool, Access::Write)?.delete(Kind::Snapshot, &name)?;
             print(out, &outcome, || format!("snapshot {name}: {outcome:?}\n").to_lowercase())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        pool: PoolArgs,
+    }
+
+    fn args(flags: &[&str]) -> PoolArgs {
+        Flags::try_parse_from(std::iter::once("test").chain(flags.iter().copied())).unwrap().pool
+    }
+
+    /// A look at a node that has no records creates nothing: no state directory, no loop files.
+    #[test]
+    fn read_only_commands_create_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let loops = dir.path().join("loop");
+        let (s, l) = (state.to_str().unwrap(), loops.to_str().unwrap());
+        for kind in [["--pool", "loop", "--loop-dir", l], ["--pool", "device", "--device", "/dev/does-not-exist"]] {
+            let flags = [&["--state-dir", s][..], &kind[..]].concat();
+            let err = pool(PoolCommand::Status(args(&flags)), OutputFormat::Table).unwrap_err();
+            assert!(matches!(err, CliError::NoState(_)), "{err}");
+            assert!(err.to_string().contains("nothing was created"), "{err}");
+            assert!(volumes(VolumesCommand::List(args(&flags)), OutputFormat::Json).is_err());
+            assert!(snapshots(SnapshotsCommand::List(args(&flags)), OutputFormat::Json).is_err());
+            assert!(pool(PoolCommand::Check(args(&flags)), OutputFormat::Json).is_err());
+            assert!(!state.exists(), "{kind:?} created {}", state.display());
+            assert!(!loops.exists(), "{kind:?} created {}", loops.display());
+        }
+    }
+
+    /// A command that would change the pool but cannot open it leaves no state behind either.
+    #[test]
+    fn a_pool_that_cannot_be_opened_leaves_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let flags = ["--state-dir", state.to_str().unwrap(), "--pool", "device", "--device", "/dev/does-not-exist"];
+        let cmd = VolumesCommand::Delete { name: "v".into(), pool: args(&flags) };
+        assert!(volumes(cmd, OutputFormat::Table).is_err());
+        assert!(!state.exists());
     }
 }

@@ -23,6 +23,8 @@ struct State {
     needs_check: bool,
     fail_next: Vec<(&'static str, Errno)>,
     messages: u64,
+    /// Status calls take this long, as a hung pool's ioctl would.
+    status_delay: std::time::Duration,
 }
 
 pub struct MemoryPool {
@@ -56,6 +58,10 @@ impl MemoryPool {
     /// The next call of `op` fails with `errno` (after no effect).
     pub fn fail_next(&self, op: &'static str, errno: Errno) {
         self.st().fail_next.push((op, errno));
+    }
+    /// Every status call takes `delay` (a pool whose ioctls hang).
+    pub fn set_status_delay(&self, delay: std::time::Duration) {
+        self.st().status_delay = delay;
     }
     pub fn set_mode(&self, mode: PoolMode) {
         self.st().mode = Some(mode);
@@ -120,6 +126,8 @@ impl ThinPool for MemoryPool {
     }
 
     fn status(&self) -> Result<PoolStatus, DmError> {
+        let delay = self.st().status_delay;
+        std::thread::sleep(delay);
         let st = self.step("status")?;
         Ok(PoolStatus::Working(WorkingStatus {
             transaction_id: st.tid,

@@ -71,6 +71,11 @@ fn de<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 }
 
 impl Store {
+    /// Whether `dir` holds a store (a node that has managed a pool with it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("records.redb").is_file()
+    }
+
     /// Opens (or creates) the store in `dir`, which is created with private permissions.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let dir_err = |source| StoreError::Dir { path: dir.to_owned(), source };

@@ -19,7 +19,8 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Boots a guest and runs `script` in it; fails when the script fails, hangs or the guest dies.
-pub fn run_in_vm(name: &str, script: &str, timeout: Duration) -> Result<()> {
+/// `kernel_lines` shows the kernel's console lines too (the demo hides them).
+pub fn run_in_vm(name: &str, script: &str, timeout: Duration, kernel_lines: bool) -> Result<()> {
     let cache = target_dir().join("vm");
     std::fs::create_dir_all(&cache)?;
     let cache = cache.canonicalize()?;
@@ -28,7 +29,15 @@ pub fn run_in_vm(name: &str, script: &str, timeout: Duration) -> Result<()> {
     let share = cache.join("runs").join(name);
     let _ = std::fs::remove_dir_all(&share);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
-    let guest = qemu::Guest { kernel: &kernel, initramfs: &initramfs, share, memory_mib: 3072, timeout, workspace };
+    let guest = qemu::Guest {
+        kernel: &kernel,
+        initramfs: &initramfs,
+        share,
+        memory_mib: 3072,
+        timeout,
+        workspace,
+        kernel_lines,
+    };
     eprintln!("e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)", kernel.version, timeout.as_secs());
     guest.run(script)?.check(name, timeout)
 }

@@ -20,6 +20,15 @@ pub struct Guest<'a> {
     /// even when it lies under /tmp, which the guest replaces with its own tmpfs.
     pub workspace: PathBuf,
     pub timeout: Duration,
+    /// Show the kernel's own console lines (`[   1.234] ...`); the demo hides them.
+    pub kernel_lines: bool,
+}
+
+/// Whether a console line is one of the kernel's (`[    33.872348] reboot: Power down`).
+fn is_kernel_line(line: &str) -> bool {
+    line.strip_prefix('[').and_then(|rest| rest.split_once(']')).is_some_and(|(stamp, _)| {
+        !stamp.trim().is_empty() && stamp.trim().chars().all(|c| c.is_ascii_digit() || c == '.')
+    })
 }
 
 /// Prints what the guest appended to its output file since `shown` bytes; returns the new count.
@@ -96,12 +105,13 @@ impl Guest<'_> {
             .spawn()
             .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
         let stdout = child.stdout.take().context("qemu stdout")?;
+        let kernel_lines = self.kernel_lines;
         let pump = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 match line {
                     Ok(l) => {
                         let l = strip_firmware_noise(&l);
-                        if !l.is_empty() {
+                        if !l.is_empty() && (kernel_lines || !is_kernel_line(&l)) {
                             println!("{l}");
                         }
                     }
@@ -150,5 +160,19 @@ impl Outcome {
                 "{what}: the VM stopped without reporting an exit code (guest crash or panic; see the console above)"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_kernel_line;
+
+    #[test]
+    fn kernel_console_lines_are_told_apart() {
+        assert!(is_kernel_line("[   33.872348] reboot: Power down"));
+        assert!(is_kernel_line("[12345.000001] EXT4-fs (dm-1): mounted filesystem"));
+        assert!(!is_kernel_line("$ cat /tmp/demo/base/hello.txt"));
+        assert!(!is_kernel_line("[ok] something"));
+        assert!(!is_kernel_line("== step"));
     }
 }

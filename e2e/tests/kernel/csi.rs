@@ -24,12 +24,16 @@ const GIB: i64 = 1 << 30;
 const MIB_I: i64 = 1 << 20;
 
 pub struct Plugin {
+    /// The CSI socket (`unix://` + this is the endpoint).
+    pub socket_path: PathBuf,
     child: Option<Child>,
     root: PathBuf,
     pool: String,
     pub kubelet: PathBuf,
     socket: PathBuf,
     pub metrics_port: u16,
+    /// Flags beyond the fixture's own.
+    extra: Vec<String>,
 }
 
 /// Each plugin gets its own metrics port, so a restarted one never waits for the old socket.
@@ -37,6 +41,10 @@ static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::n
 
 impl Plugin {
     pub fn start(test: &str) -> Result<Self> {
+        Self::start_with(test, &[])
+    }
+
+    pub fn start_with(test: &str, extra: &[String]) -> Result<Self> {
         let root = Path::new("/tmp/e2e").join(test);
         let pool = format!("e2e-{test}");
         teardown_pool(&pool);
@@ -44,12 +52,14 @@ impl Plugin {
         std::fs::create_dir_all(root.join("kubelet"))?;
         let metrics_port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut p = Plugin {
+            socket_path: root.join("csi.sock"),
             child: None,
             kubelet: root.join("kubelet"),
             socket: root.join("csi.sock"),
             root,
             pool,
             metrics_port,
+            extra: extra.to_vec(),
         };
         p.spawn()?;
         Ok(p)
@@ -80,6 +90,7 @@ impl Plugin {
             .arg(&self.pool)
             .arg("--metrics-address")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -95,6 +106,22 @@ impl Plugin {
                 return Err(format!("the plugin exited ({status}): {}", self.log()).into());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the plugin as the kubelet does a pod: SIGTERM, then waits for it to exit.
+    pub fn stop(&mut self) -> Result {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+            let start = Instant::now();
+            while c.try_wait()?.is_none() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    return Err("the plugin did not stop within 20 s of SIGTERM".into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Ok(())
     }
@@ -774,4 +801,123 @@ pub fn csi_metrics_scrape() -> Result {
         .map(|(series, _)| format!("{series} = {:?}", metric(&text, series)))
         .collect();
     ensure(wrong.is_empty(), format!("unexpected metrics: {}", wrong.join(", ")))
+}
+
+/// The kubelet's side of plugin registration, done as the kubelet does it: dial the socket in
+/// plugins_registry, GetInfo, then NotifyRegistrationStatus refused and accepted (readiness and
+/// the failure metric follow), the socket deleted and made anew, a clean stop removing it, and a
+/// restart over a stale socket.
+pub fn csi_kubelet_registration() -> Result {
+    use thinpool_csi::kubelet::proto::{registration_client::RegistrationClient, InfoRequest, RegistrationStatus};
+    let registry = Path::new("/tmp/e2e/csi-registration-registry");
+    let _ = std::fs::remove_dir_all(registry);
+    let extra = vec![
+        "--registration-dir".to_owned(),
+        registry.display().to_string(),
+        "--kubelet-registration-path".to_owned(),
+        "/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock".to_owned(),
+    ];
+    let mut p = Plugin::start_with("csi-registration", &extra)?;
+    let socket = registry.join("thinpool.csi.io-reg.sock");
+    let wait_socket = |present: bool| -> Result {
+        let start = Instant::now();
+        while socket.exists() != present {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!(
+                    "{} {} within 20 s",
+                    socket.display(),
+                    if present { "did not appear" } else { "stayed" }
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    let kubelet = |path: PathBuf| async move {
+        let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(RegistrationClient::new(channel))
+    };
+    let metric = |name: &str| -> Result<f64> {
+        let (_, text) = http_get(p.metrics_port, "/metrics")?;
+        let line = text.lines().find(|l| l.starts_with(name)).ok_or(format!("no {name} in /metrics"))?;
+        Ok(line.rsplit(' ').next().ok_or("metric line")?.parse()?)
+    };
+    wait_socket(true)?;
+    let rt = rt()?;
+    rt.block_on(async {
+        let mut k = kubelet(socket.clone()).await?;
+        let info = k.get_info(InfoRequest {}).await?.into_inner();
+        ensure(info.r#type == "CSIPlugin", format!("type {}", info.r#type))?;
+        ensure(info.name == "thinpool.csi.io", format!("name {}", info.name))?;
+        ensure(
+            info.endpoint == "/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock",
+            format!("endpoint {}", info.endpoint),
+        )?;
+        ensure(info.supported_versions == ["1.0.0"], format!("versions {:?}", info.supported_versions))?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let (code, why) = http_get(p.metrics_port, "/readyz")?;
+    ensure(code == 503 && why.contains("not registered"), format!("/readyz before registration: {code} {why}"))?;
+    ensure(http_get(p.metrics_port, "/healthz")?.0 == 200, "/healthz while unregistered")?;
+    rt.block_on(async {
+        let mut k = kubelet(socket.clone()).await?;
+        k.notify_registration_status(RegistrationStatus { plugin_registered: false, error: "e2e says no".into() })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let (code, why) = http_get(p.metrics_port, "/readyz")?;
+    ensure(code == 503 && why.contains("e2e says no"), format!("/readyz after a refusal: {code} {why}"))?;
+    ensure(metric("thinpool_kubelet_registration_failures_total")? == 1.0, "failure not counted")?;
+    ensure(p.log().contains("e2e says no"), "the kubelet's error is not in the log")?;
+    rt.block_on(async {
+        let mut k = kubelet(socket.clone()).await?;
+        k.notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() }).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz after registration")?;
+    ensure(metric("thinpool_kubelet_registered")? == 1.0, "registered gauge")?;
+    // Deleted under the plugin: made anew (checked every 5 s), and registration starts over.
+    std::fs::remove_file(&socket)?;
+    wait_socket(true)?;
+    ensure(http_get(p.metrics_port, "/readyz")?.0 == 503, "/readyz after the socket was made anew")?;
+    rt.block_on(async {
+        let mut k = kubelet(socket.clone()).await?;
+        ensure(k.get_info(InfoRequest {}).await?.into_inner().name == "thinpool.csi.io", "GetInfo on the new socket")?;
+        k.notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() }).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz after registering again")?;
+    // A clean stop removes the socket, so the kubelet unregisters the driver.
+    p.stop()?;
+    ensure(!socket.exists(), "the registration socket outlived a clean stop")?;
+    // A killed plugin leaves its socket; the next one replaces it.
+    drop(std::os::unix::net::UnixListener::bind(&socket)?);
+    p.restart()?;
+    rt.block_on(async {
+        let start = Instant::now();
+        loop {
+            // Until the new plugin has replaced the stale socket, dialing it is refused.
+            let answer = match kubelet(socket.clone()).await {
+                Ok(mut k) => k.get_info(InfoRequest {}).await.ok().map(|r| r.into_inner().name),
+                Err(_) => None,
+            };
+            if answer.as_deref() == Some("thinpool.csi.io") {
+                return Ok::<_, Box<dyn std::error::Error>>(());
+            }
+            ensure(start.elapsed() < Duration::from_secs(20), "GetInfo after a restart over a stale socket")?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    println!(
+        "  GetInfo, refused and accepted registration, socket re-created, removed on SIGTERM, stale socket replaced"
+    );
+    Ok(())
 }

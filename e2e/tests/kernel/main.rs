@@ -9,6 +9,7 @@ mod fixture;
 mod isolation;
 mod lifecycle;
 mod lvm;
+mod sanity;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -40,6 +41,9 @@ const TESTS: &[Test] = &[
     ("csi_bad_input_changes_nothing", csi::csi_bad_input_changes_nothing),
     ("csi_pagination", csi::csi_pagination),
     ("csi_metrics_scrape", csi::csi_metrics_scrape),
+    ("csi_kubelet_registration", csi::csi_kubelet_registration),
+    ("csi_sanity_mount", sanity::csi_sanity_mount),
+    ("csi_sanity_block", sanity::csi_sanity_block),
 ];
 
 fn main() -> ExitCode {

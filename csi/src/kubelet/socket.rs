@@ -1,0 +1,153 @@
+//! Keeps the registration socket in the kubelet's `plugins_registry` directory: bound at start
+//! (a stale socket from an earlier run is replaced), checked every few seconds and made anew when
+//! something deleted or replaced it (the kubelet then registers us again), and removed on a clean
+//! shutdown so the kubelet unregisters the driver.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::proto::registration_server::RegistrationServer;
+use super::registration::{Registrar, RegistrationService};
+use crate::csi::server::{bind, ServeError};
+use crate::shared::PLUGIN_NAME;
+
+/// The socket's path in the kubelet's plugin registry directory.
+pub fn socket_in(registry_dir: &Path) -> PathBuf {
+    registry_dir.join(format!("{PLUGIN_NAME}-reg.sock"))
+}
+
+/// The socket file's identity (device and inode), or `None` when it is gone.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Serves registration on `path` until `shutdown` completes; then removes the socket.
+pub async fn serve(
+    registrar: Arc<Registrar>,
+    path: PathBuf,
+    check_every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tokio::pin!(shutdown);
+    loop {
+        let listener = bind(&path)?;
+        let ours = identity(&path);
+        tracing::info!(socket = %path.display(), "serving kubelet plugin registration");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RegistrationServer::new(RegistrationService(registrar.clone())))
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let removed = loop {
+            tokio::select! {
+                _ = &mut shutdown => break false,
+                _ = tokio::time::sleep(check_every) => {
+                    if identity(&path) != ours {
+                        break true;
+                    }
+                }
+            }
+        };
+        let _ = stop.send(());
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "registration server"),
+            Err(e) => tracing::warn!(error = %e, "registration server task"),
+        }
+        if !removed {
+            if identity(&path) == ours {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(error = %e, socket = %path.display(), "removing the registration socket");
+                }
+            }
+            return Ok(());
+        }
+        tracing::warn!(socket = %path.display(), "the registration socket was removed or replaced; making it anew");
+        registrar.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::{registration_client::RegistrationClient, InfoRequest, RegistrationStatus};
+    use super::super::registration::State;
+    use super::*;
+
+    async fn client(path: &Path) -> RegistrationClient<tonic::transport::Channel> {
+        let path = path.to_owned();
+        let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .unwrap();
+        RegistrationClient::new(channel)
+    }
+
+    async fn wait_for(what: &str, ok: impl Fn() -> bool) {
+        for _ in 0..300 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    /// Whether a server answers on the socket (a stale socket refuses connections).
+    fn answers(path: &Path) -> bool {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+
+    /// What the kubelet does, and what the registrar survives: a stale socket from an earlier run,
+    /// GetInfo, both NotifyRegistrationStatus answers, the socket deleted under it, shutdown.
+    #[tokio::test]
+    async fn the_kubelet_registers_us_and_the_socket_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(dir.path());
+        // A stale socket left by a plugin that was killed.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let registrar = Arc::new(Registrar::new("/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock", None));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(registrar.clone(), path.clone(), Duration::from_millis(20), async {
+            let _ = stopped.await;
+        }));
+        wait_for("the stale socket replaced", || answers(&path)).await;
+
+        let mut kubelet = client(&path).await;
+        let info = kubelet.get_info(InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!((info.r#type.as_str(), info.name.as_str()), ("CSIPlugin", "thinpool.csi.io"));
+        let refused = RegistrationStatus { plugin_registered: false, error: "version mismatch".into() };
+        kubelet.notify_registration_status(refused).await.unwrap();
+        assert_eq!(registrar.state(), State::Refused("version mismatch".into()));
+        let ok = RegistrationStatus { plugin_registered: true, error: String::new() };
+        kubelet.notify_registration_status(ok.clone()).await.unwrap();
+        assert_eq!(registrar.state(), State::Registered);
+
+        // Deleted under us: made anew, and the kubelet registers us again through it.
+        std::fs::remove_file(&path).unwrap();
+        // Made anew (the state is reset before the new socket is bound).
+        wait_for("the socket made anew", || answers(&path)).await;
+        assert_eq!(registrar.state(), State::Waiting);
+        let mut kubelet = client(&path).await;
+        assert_eq!(kubelet.get_info(InfoRequest {}).await.unwrap().into_inner().name, "thinpool.csi.io");
+        kubelet.notify_registration_status(ok).await.unwrap();
+        assert_eq!(registrar.state(), State::Registered);
+
+        // A clean shutdown removes the socket, so the kubelet unregisters the driver.
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert!(!path.exists());
+    }
+}
