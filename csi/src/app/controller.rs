@@ -38,6 +38,11 @@ pub struct ControllerArgs {
     /// external-resizer in the same pod ("" turns it off).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "")]
     pub csi_endpoint: String,
+    /// Do the expansion bookkeeping of claims of this driver's classes (raise the volume's
+    /// capacity, mark the claim NodeResizePending for the kubelet's NodeExpandVolume, refuse what
+    /// the pool cannot hold), instead of an external-resizer. Never together with one.
+    #[arg(long, env = "EXPAND_CLAIMS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub expand_claims: bool,
     /// Check the flags, print what they mean (`--output json` for scripts), and exit without
     /// contacting the API server.
     #[arg(long)]
@@ -68,6 +73,10 @@ impl CheckedController<'_> {
             ("stale after", format!("{} s without a ThinPool heartbeat", a.stale_after)),
             ("metrics", self.metrics_address.map_or("off".to_owned(), |m| format!("http://{m}/metrics"))),
             ("capability socket", self.capability_socket.map_or("off".to_owned(), |p| p.display().to_string())),
+            (
+                "claim expansion",
+                if a.expand_claims { "done here".to_owned() } else { "left to an external-resizer".to_owned() },
+            ),
         ];
         let mut out = String::from("configuration ok (the API server was not contacted)\n");
         for (k, v) in rows {
@@ -135,6 +144,7 @@ pub fn run_controller(args: ControllerArgs, output: OutputFormat) -> anyhow::Res
             identity: args.identity,
             lease_name: args.lease_name,
             stale_after: args.stale_after,
+            expand_claims: args.expand_claims,
         };
         leader_loop::run(client, cfg, metrics, healthy, super::terminated()).await;
         Ok(())

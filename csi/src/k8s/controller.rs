@@ -62,6 +62,13 @@ pub enum ControllerError {
         #[source]
         source: kube::Error,
     },
+    #[error("{verb} {name}: {source}")]
+    Expansion {
+        verb: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// What one pass did.
@@ -75,6 +82,8 @@ pub struct PassReport {
     /// Each pool's uid, for the Events about it (`kubectl describe` shows only Events whose
     /// reference carries the object's uid).
     pub uids: BTreeMap<String, String>,
+    /// How much more each node's pool may provision (fresh pools only), for expansion plans.
+    pub room: BTreeMap<String, u64>,
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
@@ -249,6 +258,11 @@ pub async fn reconcile(
         report.states.push((name.clone(), state));
         if let Some(uid) = &pool.metadata.uid {
             report.uids.insert(name.clone(), uid.clone());
+        }
+        if !stale {
+            if let Some(s) = &pool.status {
+                report.room.insert(pool.spec.node_name.clone(), s.allowed_new_bytes);
+            }
         }
         views.push(PoolView {
             node: pool.spec.node_name.clone(),

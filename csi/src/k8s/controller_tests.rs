@@ -293,3 +293,76 @@ async fn the_leader_releases_the_lease_on_the_way_out() {
     assert!(!keeper(client).release().await.unwrap());
     server.await.unwrap();
 }
+
+fn our_pv(name: &str, capacity: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+           "spec": {"capacity": {"storage": capacity}, "csi": {"driver": "thinpool.csi.io", "volumeHandle": format!("{name}@{node}")},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "topology.thinpool.csi.io/node", "operator": "In", "values": [node]}]}]}}}})
+}
+
+fn bound_claim(requested: &str, volume: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": "data", "namespace": "apps", "uid": "claim-uid"},
+           "spec": {"storageClassName": "thin-ext4", "volumeName": volume, "resources": {"requests": {"storage": requested}}},
+           "status": {"phase": "Bound", "capacity": {"storage": "1Gi"},
+                      "conditions": [{"type": "ModifyingVolume", "status": "True"}]}})
+}
+
+const PVS: &str = "/api/v1/persistentvolumes?";
+const PVCS: &str = "/api/v1/persistentvolumeclaims?";
+
+/// A bound claim that asks for more is marked for the kubelet as external-resizer does it: the
+/// volume's capacity raised, the claim NodeResizePending with FileSystemResizePending, two Events.
+#[tokio::test]
+async fn a_grown_claim_is_marked_for_node_expansion() {
+    let mut class_json = class("thin-ext4", "thinpool.csi.io");
+    class_json["allowVolumeExpansion"] = json!(true);
+    let (client, server) = mock(vec![
+        step(Method::GET, PVS, list("PersistentVolume", vec![our_pv("pvc-1", "1Gi", "node-1")])),
+        step(Method::GET, CLASSES, list("StorageClass", vec![class_json])),
+        step(Method::GET, PVCS, list("PersistentVolumeClaim", vec![bound_claim("2Gi", "pvc-1")])),
+        step(Method::PATCH, "/api/v1/persistentvolumes/pvc-1", our_pv("pvc-1", "2Gi", "node-1")),
+        step(Method::PATCH, "/api/v1/namespaces/apps/persistentvolumeclaims/data/status", bound_claim("2Gi", "pvc-1")),
+    ]);
+    let room = std::collections::BTreeMap::from([("node-1".to_owned(), 10u64 << 30)]);
+    let report = super::expansion_pass::expansion_pass(&client, &room, &now()).await.unwrap();
+    let bodies = server.await.unwrap();
+    assert_eq!(report.expanded, 1);
+    assert_eq!(bodies[3]["spec"]["capacity"]["storage"], (2u64 << 30).to_string());
+    let status = &bodies[4]["status"];
+    assert_eq!(status["allocatedResources"]["storage"], (2u64 << 30).to_string());
+    assert_eq!(status["allocatedResourceStatuses"]["storage"], "NodeResizePending");
+    let types: Vec<&str> =
+        status["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ModifyingVolume", "FileSystemResizePending"], "other conditions are kept");
+    let reasons: Vec<&str> = report.events.iter().map(|(_, e)| e.reason).collect();
+    assert_eq!(reasons, ["Resizing", "FileSystemResizeRequired"]);
+    assert_eq!(report.events[0].0.uid.as_deref(), Some("claim-uid"));
+}
+
+/// A request the pool cannot hold is refused once: ControllerResizeInfeasible and a Warning, and the
+/// volume is left alone.
+#[tokio::test]
+async fn a_claim_the_pool_cannot_hold_is_refused() {
+    let mut class_json = class("thin-ext4", "thinpool.csi.io");
+    class_json["allowVolumeExpansion"] = json!(true);
+    let (client, server) = mock(vec![
+        step(Method::GET, PVS, list("PersistentVolume", vec![our_pv("pvc-1", "1Gi", "node-1")])),
+        step(Method::GET, CLASSES, list("StorageClass", vec![class_json])),
+        step(Method::GET, PVCS, list("PersistentVolumeClaim", vec![bound_claim("100Gi", "pvc-1")])),
+        step(
+            Method::PATCH,
+            "/api/v1/namespaces/apps/persistentvolumeclaims/data/status",
+            bound_claim("100Gi", "pvc-1"),
+        ),
+    ]);
+    let room = std::collections::BTreeMap::from([("node-1".to_owned(), 5u64 << 30)]);
+    let report = super::expansion_pass::expansion_pass(&client, &room, &now()).await.unwrap();
+    let bodies = server.await.unwrap();
+    assert_eq!((report.expanded, report.refused), (0, 1));
+    assert_eq!(bodies[3]["status"]["allocatedResourceStatuses"]["storage"], "ControllerResizeInfeasible");
+    let (_, event) = &report.events[0];
+    assert!(event.warning && event.reason == "VolumeResizeFailed", "{event:?}");
+    assert!(event.note.contains("may provision only 5 GiB more"), "{}", event.note);
+}

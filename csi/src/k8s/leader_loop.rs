@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -18,6 +19,7 @@ use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
 use super::controller::{pool_events, pool_reference, reconcile};
 use super::controller_metrics::ControllerMetrics;
 use super::crd::ThinPool;
+use super::expansion_pass::expansion_pass;
 use super::lease::LeaseKeeper;
 use super::status;
 use crate::shared::chain;
@@ -32,6 +34,22 @@ pub struct LoopConfig {
     pub lease_name: String,
     /// A pool whose node has not reported for this many seconds is Stale.
     pub stale_after: i64,
+    /// Do the expansion bookkeeping of claims (`expansion`), instead of an external-resizer.
+    pub expand_claims: bool,
+}
+
+fn event(warning: bool, reason: String, note: String) -> kube::runtime::events::Event {
+    kube::runtime::events::Event {
+        type_: if warning {
+            kube::runtime::events::EventType::Warning
+        } else {
+            kube::runtime::events::EventType::Normal
+        },
+        reason,
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
 }
 
 /// Rings `trigger` on every event of a watched resource.
@@ -69,6 +87,10 @@ pub async fn run(
     // A released Lease is taken at once, not at the next resync.
     let lease = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
     watch(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, trigger.clone());
+    if cfg.expand_claims {
+        watch(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default(), trigger.clone());
+        watch(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), trigger.clone());
+    }
     let keeper = LeaseKeeper {
         api: Api::namespaced(client.clone(), &cfg.namespace),
         name: cfg.lease_name.clone(),
@@ -104,23 +126,29 @@ pub async fn run(
                     Ok(r) => {
                         metrics.record(&r, start.elapsed().as_secs_f64());
                         for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
-                            let event = kube::runtime::events::Event {
-                                type_: if warning {
-                                    kube::runtime::events::EventType::Warning
-                                } else {
-                                    kube::runtime::events::EventType::Normal
-                                },
-                                reason,
-                                note: Some(note),
-                                action: "Reconcile".into(),
-                                secondary: None,
-                            };
+                            let event = event(warning, reason, note);
                             let reference = pool_reference(&pool, r.uids.get(&pool));
                             if let Err(e) = recorder.publish(&event, &reference).await {
                                 tracing::warn!(error = %e, pool = %pool, "publishing an event");
                             }
                         }
                         last_states = r.states.iter().cloned().collect();
+                        if cfg.expand_claims {
+                            match expansion_pass(&client, &r.room, &status::now()).await {
+                                Ok(x) => {
+                                    for (reference, e) in x.events {
+                                        let ev = event(e.warning, e.reason.to_owned(), e.note);
+                                        if let Err(err) = recorder.publish(&ev, &reference).await {
+                                            tracing::warn!(error = %err, "publishing a claim event");
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    metrics.errors.inc();
+                                    tracing::warn!(error = %chain(&e), "expansion pass failed");
+                                }
+                            }
+                        }
                         for pool in &r.newly_stale {
                             tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
                         }

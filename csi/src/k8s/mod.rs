@@ -9,6 +9,8 @@ pub mod controller_metrics;
 #[cfg(test)]
 mod controller_tests;
 pub mod crd;
+pub mod expansion;
+pub mod expansion_pass;
 pub mod leader_loop;
 pub mod lease;
 pub mod orphans;

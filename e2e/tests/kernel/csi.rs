@@ -140,15 +140,7 @@ impl Plugin {
     }
 
     pub async fn clients(&self) -> Result<(IdentityClient<Channel>, ControllerClient<Channel>, NodeClient<Channel>)> {
-        let path = self.socket.clone();
-        let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await?;
+        let channel = unix_channel(self.socket.clone()).await?;
         Ok((IdentityClient::new(channel.clone()), ControllerClient::new(channel.clone()), NodeClient::new(channel)))
     }
 
@@ -179,6 +171,18 @@ impl Drop for Plugin {
         teardown_pool(&self.pool);
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// A gRPC channel over a unix socket, as the sidecars and the kubelet dial the plugin.
+async fn unix_channel(path: PathBuf) -> Result<Channel> {
+    Ok(tonic::transport::Endpoint::try_from("http://[::1]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?)
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
@@ -835,15 +839,7 @@ pub fn csi_kubelet_registration() -> Result {
         Ok(())
     };
     let kubelet = |path: PathBuf| async move {
-        let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                }
-            }))
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(RegistrationClient::new(channel))
+        Ok::<_, Box<dyn std::error::Error>>(RegistrationClient::new(unix_channel(path).await?))
     };
     let metric = |name: &str| -> Result<f64> {
         let (_, text) = http_get(p.metrics_port, "/metrics")?;
