@@ -103,6 +103,22 @@ fn write_err(verb: &'static str, name: String) -> impl FnOnce(kube::Error) -> Co
     move |source| ControllerError::Expansion { verb, name, source }
 }
 
+fn params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Merge-patches a claim's status subresource.
+async fn patch_claim(
+    api: &Api<PersistentVolumeClaim>,
+    name: &str,
+    status: serde_json::Value,
+    verb: &'static str,
+    who: &str,
+) -> Result<(), ControllerError> {
+    api.patch_status(name, &params(), &Patch::Merge(status)).await.map_err(write_err(verb, who.to_owned()))?;
+    Ok(())
+}
+
 /// One pass. `room` is each node's allowed new provisioning (fresh pools only).
 pub async fn expansion_pass(
     client: &Client,
@@ -138,7 +154,6 @@ pub async fn expansion_pass(
         .await
         .map_err(|source| ControllerError::List { what: "PersistentVolumeClaims", source })?
         .items;
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let mut report = ExpansionReport::default();
     for pvc in &all_claims {
         let claim = claim_view(pvc);
@@ -151,7 +166,7 @@ pub async fn expansion_pass(
             Plan::Nothing => {}
             Plan::Expand { volume, bytes, events } => {
                 let size = bytes.to_string();
-                pvs.patch(&volume, &params, &Patch::Merge(json!({ "spec": { "capacity": { "storage": size } } })))
+                pvs.patch(&volume, &params(), &Patch::Merge(json!({ "spec": { "capacity": { "storage": size } } })))
                     .await
                     .map_err(write_err("expanding", volume.clone()))?;
                 let status = json!({ "status": {
@@ -159,10 +174,7 @@ pub async fn expansion_pass(
                     "allocatedResourceStatuses": { "storage": NODE_RESIZE_PENDING },
                     "conditions": conditions_with_fs_pending(pvc, now),
                 }});
-                claims_ns
-                    .patch_status(&claim.name, &params, &Patch::Merge(status))
-                    .await
-                    .map_err(write_err("marking for node expansion", who.clone()))?;
+                patch_claim(&claims_ns, &claim.name, status, "marking for node expansion", &who).await?;
                 tracing::info!(claim = %who, volume = %volume, bytes, "claim marked for expansion on its node");
                 report.expanded += 1;
                 report.events.extend(events.into_iter().map(|e| (reference(pvc), e)));
@@ -172,10 +184,7 @@ pub async fn expansion_pass(
                     "allocatedResources": { "storage": requested.to_string() },
                     "allocatedResourceStatuses": { "storage": RESIZE_INFEASIBLE },
                 }});
-                claims_ns
-                    .patch_status(&claim.name, &params, &Patch::Merge(status))
-                    .await
-                    .map_err(write_err("refusing expansion of", who.clone()))?;
+                patch_claim(&claims_ns, &claim.name, status, "refusing expansion of", &who).await?;
                 tracing::warn!(claim = %who, volume = %volume, reason = %event.note, "expansion refused");
                 report.refused += 1;
                 report.events.push((reference(pvc), event));
@@ -185,10 +194,7 @@ pub async fn expansion_pass(
                     "allocatedResources": { "storage": capacity.to_string() },
                     "allocatedResourceStatuses": { "storage": null },
                 }});
-                claims_ns
-                    .patch_status(&claim.name, &params, &Patch::Merge(status))
-                    .await
-                    .map_err(write_err("clearing the refused expansion of", who.clone()))?;
+                patch_claim(&claims_ns, &claim.name, status, "clearing the refused expansion of", &who).await?;
             }
         }
     }
