@@ -70,6 +70,25 @@ where
     });
 }
 
+/// Rings `trigger` when the Lease is released (no holder), and only then: the leader renews it
+/// every few seconds, and ringing on every renewal would make it renew in a tight loop.
+fn watch_released(api: Api<Lease>, config: watcher::Config, trigger: Arc<Notify>) {
+    tokio::spawn(async move {
+        let mut leases = watcher(api, config).default_backoff().applied_objects().boxed();
+        while let Some(lease) = leases.next().await {
+            match lease {
+                Ok(l) if is_released(&l) => trigger.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watching the Lease failed; the watcher retries"),
+            }
+        }
+    });
+}
+
+fn is_released(lease: &Lease) -> bool {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or("").is_empty()
+}
+
 /// Runs the controller until `shutdown` completes, then gives the Lease up (when held) so a
 /// follower takes over at once. `healthy` is true while the API is reachable.
 pub async fn run(
@@ -86,7 +105,7 @@ pub async fn run(
     watch(Api::<CSIStorageCapacity>::namespaced(client.clone(), &cfg.namespace), owned, trigger.clone());
     // A released Lease is taken at once, not at the next resync.
     let lease = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
-    watch(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, trigger.clone());
+    watch_released(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, trigger.clone());
     if cfg.expand_claims {
         watch(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default(), trigger.clone());
         watch(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), trigger.clone());
@@ -184,5 +203,23 @@ pub async fn run(
         Ok(Ok(false)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed; it expires in 15 s"),
         Err(_) => tracing::warn!("releasing the Lease timed out; it expires in 15 s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+    use super::*;
+
+    #[test]
+    fn only_a_released_lease_wakes_the_followers() {
+        let held = |holder: Option<&str>| Lease {
+            spec: Some(LeaseSpec { holder_identity: holder.map(str::to_owned), ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(is_released(&held(None)));
+        assert!(is_released(&held(Some(""))));
+        assert!(!is_released(&held(Some("replica-a"))), "a renewal must not wake the loop");
     }
 }
