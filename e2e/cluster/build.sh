@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Builds the in-VM cluster's binaries from the Go module proxy into target/cluster/bin/:
+#   Kubernetes v1.36.3 (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+#   kube-proxy, kubectl) from e2e/cluster/kube/, etcd v3.6.8 from e2e/cluster/etcd/, and
+#   containerd v2.4.2 (containerd, containerd-shim-runc-v2, ctr) with `go install`.
+# All static (CGO_ENABLED=0), -trimpath, stripped. A binary newer than its module's go.mod,
+# go.sum (and this script) is skipped; FORCE=1 rebuilds everything. Go's build cache makes a
+# forced rebuild cost only the links.
+# Never run this while the test VM runs: it takes both cores.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin="$root/target/cluster/bin"
+mkdir -p "$bin"
+
+KUBE_VERSION=v1.36.3
+KUBE_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy, for reproducible output
+CONTAINERD_VERSION=v2.4.2
+FORCE=${FORCE:-0}
+
+export CGO_ENABLED=0
+
+# stale BINARY DEPENDENCY... -> true if BINARY is missing or older than any DEPENDENCY.
+stale() {
+	local out=$1
+	shift
+	[[ $FORCE == 1 || ! -x $out ]] && return 0
+	local dep
+	for dep in "$@"; do
+		[[ $dep -nt $out ]] && return 0
+	done
+	return 1
+}
+
+# step NAME COMMAND... -> runs COMMAND and prints how long it took.
+step() {
+	local name=$1
+	shift
+	local start=$SECONDS
+	echo "==> $name"
+	"$@"
+	echo "==> $name: $((SECONDS - start)) s"
+}
+
+kube_major=${KUBE_VERSION#v}
+kube_major=${kube_major%%.*}
+kube_minor=${KUBE_VERSION#v*.}
+kube_minor=${kube_minor%%.*}
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION"
+	kube_ldflags+=" -X $pkg.gitMajor=$kube_major"
+	kube_ldflags+=" -X $pkg.gitMinor=$kube_minor"
+	kube_ldflags+=" -X $pkg.gitTreeState=clean"
+	kube_ldflags+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
+done
+
+build_kube() {
+	local mod="$here/kube" todo=() cmd
+	for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+		if stale "$bin/$cmd" "$mod/go.mod" "$mod/go.sum" "${BASH_SOURCE[0]}"; then
+			todo+=("k8s.io/kubernetes/cmd/$cmd")
+		else
+			echo "up to date: $cmd"
+		fi
+	done
+	((${#todo[@]})) || return 0
+	# One `go build` for all of them: the packages they share compile once, in parallel.
+	(cd "$mod" && go build -trimpath -ldflags "$kube_ldflags" -o "$bin/" "${todo[@]}")
+}
+
+build_etcd() {
+	local mod="$here/etcd"
+	if stale "$bin/etcd" "$mod/go.mod" "$mod/go.sum" "$mod/main.go" "${BASH_SOURCE[0]}"; then
+		(cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" .)
+	else
+		echo "up to date: etcd"
+	fi
+}
+
+build_containerd() {
+	local todo=() cmd
+	for cmd in containerd containerd-shim-runc-v2 ctr; do
+		if stale "$bin/$cmd" "${BASH_SOURCE[0]}"; then
+			todo+=("github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD_VERSION")
+		else
+			echo "up to date: $cmd"
+		fi
+	done
+	((${#todo[@]})) || return 0
+	# containerd has no replace lines, so `go install pkg@version` builds it with its own
+	# go.mod/go.sum (checked against the checksum database). no_btrfs: no cgo headers needed.
+	(cd "$root" && GOBIN="$bin" go install -trimpath -tags no_btrfs \
+		-ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+		"${todo[@]}")
+}
+
+total=$SECONDS
+step "kubernetes $KUBE_VERSION" build_kube
+step "etcd" build_etcd
+step "containerd $CONTAINERD_VERSION" build_containerd
+echo "==> all: $((SECONDS - total)) s, in $bin"
