@@ -78,11 +78,7 @@ impl CheckedController<'_> {
                 if a.expand_claims { "done here".to_owned() } else { "left to an external-resizer".to_owned() },
             ),
         ];
-        let mut out = String::from("configuration ok (the API server was not contacted)\n");
-        for (k, v) in rows {
-            out.push_str(&format!("  {k:<17} {v}\n"));
-        }
-        Ok(out)
+        Ok(super::summary("configuration ok (the API server was not contacted)", &rows))
     }
 }
 

@@ -5,6 +5,15 @@
 pub mod controller;
 pub mod node;
 
+/// What `--check-config` prints for a person: a heading, then one aligned row per setting.
+fn summary(heading: &str, rows: &[(&str, String)]) -> String {
+    let mut out = format!("{heading}\n");
+    for (k, v) in rows {
+        out.push_str(&format!("  {k:<17} {v}\n"));
+    }
+    out
+}
+
 /// Completes on the first SIGTERM or SIGINT. A process that is PID 1 in its container gets no
 /// default action for SIGTERM, so every long-running command must wait on this.
 pub async fn terminated() {

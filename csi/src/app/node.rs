@@ -137,11 +137,7 @@ impl CheckedNode<'_> {
                     }),
             ),
         ];
-        let mut out = String::from("configuration ok (nothing was touched)\n");
-        for (k, v) in rows {
-            out.push_str(&format!("  {k:<17} {v}\n"));
-        }
-        Ok(out)
+        Ok(super::summary("configuration ok (nothing was touched)", &rows))
     }
 }
 

@@ -113,10 +113,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                 .blocking(move |d| {
                     let source = match &v.source {
                         None => None,
-                        Some((kind, id)) => Some(
-                            d.find(*kind, id)?
-                                .ok_or_else(|| CsiError::NotFound(format!("source {kind} {id} not found")))?,
-                        ),
+                        Some((kind, id)) => Some(d.must_find(*kind, id)?),
                     };
                     let block = d.engine.pool().info().block_bytes();
                     let size = validate::volume_size(
@@ -186,10 +183,12 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             if req.volume_capabilities.is_empty() {
                 return Err(CsiError::invalid("volume_capabilities is empty"));
             }
-            let exists = self.driver.blocking(move |d| Ok(d.find(Kind::Volume, &id)?.is_some())).await?;
-            if !exists {
-                return Err(CsiError::NotFound(format!("volume {} not found", req.volume_id)));
-            }
+            self.driver
+                .blocking(move |d| {
+                    d.must_find(Kind::Volume, &id)?;
+                    Ok(())
+                })
+                .await?;
             if let Err(e) = validate::fs_param(&req.parameters) {
                 return Ok(proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() });
             }
@@ -373,8 +372,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let id = self.must_local(&req.volume_id, "volume_id", Kind::Volume)?;
             let me = self.clone();
             let (record, condition) =
-                self.driver.blocking(move |d| Ok((d.find(Kind::Volume, &id)?, me.condition()?))).await?;
-            let record = record.ok_or_else(|| CsiError::NotFound(format!("volume {} not found", req.volume_id)))?;
+                self.driver.blocking(move |d| Ok((d.must_find(Kind::Volume, &id)?, me.condition()?))).await?;
             Ok(proto::ControllerGetVolumeResponse {
                 volume: Some(self.volume(&record, HashMap::new(), None)),
                 status: Some(proto::controller_get_volume_response::VolumeStatus {

@@ -55,6 +55,11 @@ impl<P: ThinPool, M: Mounter> Driver<P, M> {
         }
     }
 
+    /// Like [`find`](Self::find), but a missing object is `NOT_FOUND`.
+    pub fn must_find(&self, kind: Kind, id: &ObjectId) -> Result<Record, CsiError> {
+        self.find(kind, id)?.ok_or_else(|| CsiError::NotFound(format!("{kind} {id} not found")))
+    }
+
     /// Like [`resolve`](Self::resolve), but a missing object is `NOT_FOUND`.
     pub fn must_resolve(&self, kind: Kind, id: &ObjectId) -> Result<Name, CsiError> {
         self.resolve(kind, id)?.ok_or_else(|| CsiError::NotFound(format!("{kind} {id} not found")))

@@ -296,9 +296,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
             let me = self.clone();
             self.driver
                 .blocking(move |d| {
-                    let record = d
-                        .find(Kind::Volume, &id)?
-                        .ok_or_else(|| CsiError::NotFound(format!("volume {id} not found")))?;
+                    let record = d.must_find(Kind::Volume, &id)?;
                     let path = me.volume_path(&req.volume_path)?;
                     let m = d.mounter.as_ref();
                     if !m.exists(&path) && m.mounted(&path)?.is_none() {
@@ -331,9 +329,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
             let size = self
                 .driver
                 .blocking(move |d| {
-                    let current = d
-                        .find(Kind::Volume, &id)?
-                        .ok_or_else(|| CsiError::NotFound(format!("volume {id} not found")))?;
+                    let current = d.must_find(Kind::Volume, &id)?;
                     let name = current.name.clone();
                     let path = me.volume_path(&req.volume_path)?;
                     let block = d.engine.pool().info().block_bytes();

@@ -15,6 +15,7 @@ use kube::{Client, Resource};
 
 use super::capacity::{self, Action, CapacityObject, PoolView, LABEL_CLASS, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
 use super::crd::ThinPool;
+use super::expansion::Class;
 use super::status;
 use crate::shared::{PLUGIN_NAME, TOPOLOGY_KEY};
 
@@ -84,6 +85,8 @@ pub struct PassReport {
     pub uids: BTreeMap<String, String>,
     /// How much more each node's pool may provision (fresh pools only), for expansion plans.
     pub room: BTreeMap<String, u64>,
+    /// Every StorageClass by name, as the expansion plans read it.
+    pub classes: BTreeMap<String, Class>,
     pub created: usize,
     pub updated: usize,
     pub deleted: usize,
@@ -217,14 +220,19 @@ pub async fn reconcile(
         .await
         .map_err(|source| ControllerError::List { what: "ThinPools", source })?
         .items;
-    let classes: Vec<StorageClass> = classes_api
+    let all_classes = classes_api
         .list(&ListParams::default())
         .await
         .map_err(|source| ControllerError::List { what: "StorageClasses", source })?
-        .items
-        .into_iter()
-        .filter(|c| c.provisioner == PLUGIN_NAME)
+        .items;
+    // Every class, for the expansion pass (a claim's class decides whether it may grow).
+    let expansion_classes = all_classes
+        .iter()
+        .filter_map(|c| {
+            Some((c.metadata.name.clone()?, Class { allow_expansion: c.allow_volume_expansion == Some(true) }))
+        })
         .collect();
+    let classes: Vec<StorageClass> = all_classes.into_iter().filter(|c| c.provisioner == PLUGIN_NAME).collect();
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
     let existing = caps_api
         .list(&ListParams::default().labels(&selector))
@@ -232,7 +240,7 @@ pub async fn reconcile(
         .map_err(|source| ControllerError::List { what: "CSIStorageCapacities", source })?
         .items;
 
-    let mut report = PassReport { pools: pools.len(), ..Default::default() };
+    let mut report = PassReport { pools: pools.len(), classes: expansion_classes, ..Default::default() };
     let mut views = Vec::new();
     for pool in &pools {
         let Some(name) = pool.metadata.name.clone() else { continue };

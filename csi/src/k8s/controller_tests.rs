@@ -310,27 +310,29 @@ fn bound_claim(requested: &str, volume: &str) -> Value {
 }
 
 const PVS: &str = "/api/v1/persistentvolumes?";
+
+/// The claims' class, which allows expansion (as the capacity pass read it).
+fn expandable() -> std::collections::BTreeMap<String, super::expansion::Class> {
+    std::collections::BTreeMap::from([("thin-ext4".to_owned(), super::expansion::Class { allow_expansion: true })])
+}
 const PVCS: &str = "/api/v1/persistentvolumeclaims?";
 
 /// A bound claim that asks for more is marked for the kubelet as external-resizer does it: the
 /// volume's capacity raised, the claim NodeResizePending with FileSystemResizePending, two Events.
 #[tokio::test]
 async fn a_grown_claim_is_marked_for_node_expansion() {
-    let mut class_json = class("thin-ext4", "thinpool.csi.io");
-    class_json["allowVolumeExpansion"] = json!(true);
     let (client, server) = mock(vec![
         step(Method::GET, PVS, list("PersistentVolume", vec![our_pv("pvc-1", "1Gi", "node-1")])),
-        step(Method::GET, CLASSES, list("StorageClass", vec![class_json])),
         step(Method::GET, PVCS, list("PersistentVolumeClaim", vec![bound_claim("2Gi", "pvc-1")])),
         step(Method::PATCH, "/api/v1/persistentvolumes/pvc-1", our_pv("pvc-1", "2Gi", "node-1")),
         step(Method::PATCH, "/api/v1/namespaces/apps/persistentvolumeclaims/data/status", bound_claim("2Gi", "pvc-1")),
     ]);
     let room = std::collections::BTreeMap::from([("node-1".to_owned(), 10u64 << 30)]);
-    let report = super::expansion_pass::expansion_pass(&client, &room, &now()).await.unwrap();
+    let report = super::expansion_pass::expansion_pass(&client, &room, &expandable(), &now()).await.unwrap();
     let bodies = server.await.unwrap();
     assert_eq!(report.expanded, 1);
-    assert_eq!(bodies[3]["spec"]["capacity"]["storage"], (2u64 << 30).to_string());
-    let status = &bodies[4]["status"];
+    assert_eq!(bodies[2]["spec"]["capacity"]["storage"], (2u64 << 30).to_string());
+    let status = &bodies[3]["status"];
     assert_eq!(status["allocatedResources"]["storage"], (2u64 << 30).to_string());
     assert_eq!(status["allocatedResourceStatuses"]["storage"], "NodeResizePending");
     let types: Vec<&str> =
@@ -345,11 +347,8 @@ async fn a_grown_claim_is_marked_for_node_expansion() {
 /// volume is left alone.
 #[tokio::test]
 async fn a_claim_the_pool_cannot_hold_is_refused() {
-    let mut class_json = class("thin-ext4", "thinpool.csi.io");
-    class_json["allowVolumeExpansion"] = json!(true);
     let (client, server) = mock(vec![
         step(Method::GET, PVS, list("PersistentVolume", vec![our_pv("pvc-1", "1Gi", "node-1")])),
-        step(Method::GET, CLASSES, list("StorageClass", vec![class_json])),
         step(Method::GET, PVCS, list("PersistentVolumeClaim", vec![bound_claim("100Gi", "pvc-1")])),
         step(
             Method::PATCH,
@@ -358,10 +357,10 @@ async fn a_claim_the_pool_cannot_hold_is_refused() {
         ),
     ]);
     let room = std::collections::BTreeMap::from([("node-1".to_owned(), 5u64 << 30)]);
-    let report = super::expansion_pass::expansion_pass(&client, &room, &now()).await.unwrap();
+    let report = super::expansion_pass::expansion_pass(&client, &room, &expandable(), &now()).await.unwrap();
     let bodies = server.await.unwrap();
     assert_eq!((report.expanded, report.refused), (0, 1));
-    assert_eq!(bodies[3]["status"]["allocatedResourceStatuses"]["storage"], "ControllerResizeInfeasible");
+    assert_eq!(bodies[2]["status"]["allocatedResourceStatuses"]["storage"], "ControllerResizeInfeasible");
     let (_, event) = &report.events[0];
     assert!(event.warning && event.reason == "VolumeResizeFailed", "{event:?}");
     assert!(event.note.contains("may provision only 5 GiB more"), "{}", event.note);

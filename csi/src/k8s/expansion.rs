@@ -10,6 +10,8 @@
 //! as a Warning and `ControllerResizeInfeasible` on the claim: the user may lower the request
 //! (above the old size) and it is planned again, never retried in a loop.
 
+use crate::units::human_bytes;
+
 /// The claim's resize status values (`status.allocatedResourceStatuses["storage"]`).
 pub const NODE_RESIZE_PENDING: &str = "NodeResizePending";
 pub const RESIZE_INFEASIBLE: &str = "ControllerResizeInfeasible";
@@ -74,10 +76,6 @@ pub enum Plan {
     ClearInfeasible { volume: String, capacity: u64 },
 }
 
-fn gib(bytes: u64) -> String {
-    crate::units::human_bytes(bytes)
-}
-
 /// Plans the expansion of `claim`. `room` is how much more the volume's pool may provision (its
 /// ThinPool's allowed new bytes), `None` when it is not known (the node still refuses what does not
 /// fit, at NodeExpandVolume).
@@ -109,7 +107,7 @@ pub fn plan(claim: &Claim, volume: Option<&Volume>, class: Option<&Class>, room:
         let class = claim.storage_class.as_deref().unwrap_or("(none)");
         return refuse(format!(
             "StorageClass {class} does not allow volume expansion (allowVolumeExpansion: true); the volume stays {}",
-            gib(v.capacity)
+            human_bytes(v.capacity)
         ));
     }
     let growth = claim.requested - v.capacity;
@@ -119,11 +117,11 @@ pub fn plan(claim: &Claim, volume: Option<&Volume>, class: Option<&Class>, room:
             "growing {} from {} to {} needs {} more, but the thin pool on {node} may provision only {} more; \
              lower the request (it must stay above {}) or free space in the pool",
             v.name,
-            gib(v.capacity),
-            gib(claim.requested),
-            gib(growth),
-            gib(room),
-            gib(v.capacity)
+            human_bytes(v.capacity),
+            human_bytes(claim.requested),
+            human_bytes(growth),
+            human_bytes(room),
+            human_bytes(v.capacity)
         ));
     }
     Plan::Expand {

@@ -1,5 +1,5 @@
-//! One expansion pass over the API: reads this driver's PersistentVolumes, the StorageClasses and
-//! the claims bound to those volumes, plans each claim (`expansion::plan`) and writes the plan: the
+//! One expansion pass over the API: reads this driver's PersistentVolumes and the claims bound to
+//! them (the StorageClasses come from the capacity pass that just listed them), plans each claim (`expansion::plan`) and writes the plan: the
 //! volume's capacity, the claim's status (allocated size, resize status, the
 //! `FileSystemResizePending` condition). The Events to raise are returned to the caller, which holds
 //! the recorder. Sizes are compared by value, as the API server may rewrite quantities.
@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimCondition,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
@@ -119,14 +118,15 @@ async fn patch_claim(
     Ok(())
 }
 
-/// One pass. `room` is each node's allowed new provisioning (fresh pools only).
+/// One pass. `room` is each node's allowed new provisioning (fresh pools only); `classes` every
+/// StorageClass by name.
 pub async fn expansion_pass(
     client: &Client,
     room: &BTreeMap<String, u64>,
+    classes: &BTreeMap<String, Class>,
     now: &Time,
 ) -> Result<ExpansionReport, ControllerError> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let classes: Api<StorageClass> = Api::all(client.clone());
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let volumes: BTreeMap<String, Volume> = pvs
         .list(&ListParams::default())
@@ -141,14 +141,6 @@ pub async fn expansion_pass(
     if volumes.is_empty() {
         return Ok(ExpansionReport::default());
     }
-    let class_views: BTreeMap<String, Class> = classes
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| ControllerError::List { what: "StorageClasses", source })?
-        .items
-        .into_iter()
-        .filter_map(|c| Some((c.metadata.name?, Class { allow_expansion: c.allow_volume_expansion == Some(true) })))
-        .collect();
     let all_claims = claims
         .list(&ListParams::default())
         .await
@@ -158,7 +150,7 @@ pub async fn expansion_pass(
     for pvc in &all_claims {
         let claim = claim_view(pvc);
         let Some(volume) = claim.volume_name.as_ref().and_then(|n| volumes.get(n)) else { continue };
-        let class = claim.storage_class.as_ref().and_then(|c| class_views.get(c));
+        let class = claim.storage_class.as_ref().and_then(|c| classes.get(c));
         let pool_room = volume.node.as_ref().and_then(|n| room.get(n)).copied();
         let claims_ns: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &claim.namespace);
         let who = format!("{}/{}", claim.namespace, claim.name);

@@ -3,14 +3,16 @@
 //! it owns (watches), and on a short resync that also catches pools going stale. Pool state
 //! changes become Kubernetes Events on the ThinPool.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
@@ -38,13 +40,9 @@ pub struct LoopConfig {
     pub expand_claims: bool,
 }
 
-fn event(warning: bool, reason: String, note: String) -> kube::runtime::events::Event {
-    kube::runtime::events::Event {
-        type_: if warning {
-            kube::runtime::events::EventType::Warning
-        } else {
-            kube::runtime::events::EventType::Normal
-        },
+fn event(warning: bool, reason: String, note: String) -> Event {
+    Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
         reason,
         note: Some(note),
         action: "Reconcile".into(),
@@ -89,6 +87,59 @@ fn is_released(lease: &Lease) -> bool {
     lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or("").is_empty()
 }
 
+/// Publishes Events; one the API refuses is logged, never fatal.
+async fn publish(recorder: &Recorder, events: impl IntoIterator<Item = (ObjectReference, Event)>) {
+    for (reference, e) in events {
+        if let Err(err) = recorder.publish(&e, &reference).await {
+            tracing::warn!(error = %err, object = ?reference.name, "publishing an event");
+        }
+    }
+}
+
+/// One pass as the leader: the capacity objects and the pools' Events, then (opt-in) the claims'
+/// expansion bookkeeping.
+async fn lead(
+    client: &Client,
+    cfg: &LoopConfig,
+    metrics: &ControllerMetrics,
+    recorder: &Recorder,
+    last_states: &mut BTreeMap<String, String>,
+) {
+    let start = Instant::now();
+    let r = match reconcile(client, &cfg.namespace, cfg.stale_after, &status::now()).await {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.errors.inc();
+            tracing::warn!(error = %chain(&e), "reconcile failed");
+            return;
+        }
+    };
+    metrics.record(&r, start.elapsed().as_secs_f64());
+    let pool_events = pool_events(last_states, &r.states)
+        .into_iter()
+        .map(|(pool, warning, reason, note)| (pool_reference(&pool, r.uids.get(&pool)), event(warning, reason, note)));
+    publish(recorder, pool_events).await;
+    *last_states = r.states.iter().cloned().collect();
+    for pool in &r.newly_stale {
+        tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
+    }
+    if r.created + r.updated + r.deleted > 0 {
+        tracing::info!(created = r.created, updated = r.updated, deleted = r.deleted, "capacity objects written");
+    }
+    if cfg.expand_claims {
+        match expansion_pass(client, &r.room, &r.classes, &status::now()).await {
+            Ok(x) => {
+                let events = x.events.into_iter().map(|(o, e)| (o, event(e.warning, e.reason.to_owned(), e.note)));
+                publish(recorder, events).await;
+            }
+            Err(e) => {
+                metrics.errors.inc();
+                tracing::warn!(error = %chain(&e), "expansion pass failed");
+            }
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` completes, then gives the Lease up (when held) so a
 /// follower takes over at once. `healthy` is true while the API is reachable.
 pub async fn run(
@@ -117,14 +168,14 @@ pub async fn run(
         duration_secs: 15,
     };
     tracing::info!(identity = %cfg.identity, namespace = %cfg.namespace, "controller started");
-    let recorder = kube::runtime::events::Recorder::new(
+    let recorder = Recorder::new(
         client.clone(),
         kube::runtime::events::Reporter {
             controller: "thinpool-csi-controller".into(),
             instance: Some(cfg.identity.clone()),
         },
     );
-    let mut last_states = std::collections::BTreeMap::new();
+    let mut last_states = BTreeMap::new();
     let work = async {
         loop {
             let leader = match keeper.tick().await {
@@ -140,51 +191,7 @@ pub async fn run(
             };
             metrics.leader.set(i64::from(leader));
             if leader {
-                let start = Instant::now();
-                match reconcile(&client, &cfg.namespace, cfg.stale_after, &status::now()).await {
-                    Ok(r) => {
-                        metrics.record(&r, start.elapsed().as_secs_f64());
-                        for (pool, warning, reason, note) in pool_events(&last_states, &r.states) {
-                            let event = event(warning, reason, note);
-                            let reference = pool_reference(&pool, r.uids.get(&pool));
-                            if let Err(e) = recorder.publish(&event, &reference).await {
-                                tracing::warn!(error = %e, pool = %pool, "publishing an event");
-                            }
-                        }
-                        last_states = r.states.iter().cloned().collect();
-                        if cfg.expand_claims {
-                            match expansion_pass(&client, &r.room, &status::now()).await {
-                                Ok(x) => {
-                                    for (reference, e) in x.events {
-                                        let ev = event(e.warning, e.reason.to_owned(), e.note);
-                                        if let Err(err) = recorder.publish(&ev, &reference).await {
-                                            tracing::warn!(error = %err, "publishing a claim event");
-                                        }
-                                    }
-                                }
-                                Err(e) => {
-                                    metrics.errors.inc();
-                                    tracing::warn!(error = %chain(&e), "expansion pass failed");
-                                }
-                            }
-                        }
-                        for pool in &r.newly_stale {
-                            tracing::warn!(pool = %pool, "pool marked Stale: its node stopped reporting");
-                        }
-                        if r.created + r.updated + r.deleted > 0 {
-                            tracing::info!(
-                                created = r.created,
-                                updated = r.updated,
-                                deleted = r.deleted,
-                                "capacity objects written"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        metrics.errors.inc();
-                        tracing::warn!(error = %chain(&e), "reconcile failed");
-                    }
-                }
+                lead(&client, &cfg, &metrics, &recorder, &mut last_states).await;
             }
             // Renew well within the Lease duration; react at once to watched changes.
             tokio::select! {

@@ -165,10 +165,6 @@ impl ObjectId {
     pub fn names(&self, name: &Name, node: &str) -> bool {
         Self::format(name, node) == self.text
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
 }
 
 impl std::fmt::Display for ObjectId {

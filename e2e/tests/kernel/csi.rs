@@ -24,13 +24,12 @@ const GIB: i64 = 1 << 30;
 const MIB_I: i64 = 1 << 20;
 
 pub struct Plugin {
-    /// The CSI socket (`unix://` + this is the endpoint).
-    pub socket_path: PathBuf,
     child: Option<Child>,
     root: PathBuf,
     pool: String,
     pub kubelet: PathBuf,
-    socket: PathBuf,
+    /// The CSI socket (`unix://` + this is the endpoint).
+    pub socket: PathBuf,
     pub metrics_port: u16,
     /// Flags beyond the fixture's own.
     extra: Vec<String>,
@@ -52,7 +51,6 @@ impl Plugin {
         std::fs::create_dir_all(root.join("kubelet"))?;
         let metrics_port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut p = Plugin {
-            socket_path: root.join("csi.sock"),
             child: None,
             kubelet: root.join("kubelet"),
             socket: root.join("csi.sock"),
@@ -226,14 +224,6 @@ fn code<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
     match r {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
-    }
-}
-
-fn ensure(cond: bool, what: impl Into<String>) -> Result {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
     }
 }
 
@@ -841,10 +831,9 @@ pub fn csi_kubelet_registration() -> Result {
     let kubelet = |path: PathBuf| async move {
         Ok::<_, Box<dyn std::error::Error>>(RegistrationClient::new(unix_channel(path).await?))
     };
-    let metric = |name: &str| -> Result<f64> {
+    let scraped = |series: &str| -> Result<f64> {
         let (_, text) = http_get(p.metrics_port, "/metrics")?;
-        let line = text.lines().find(|l| l.starts_with(name)).ok_or(format!("no {name} in /metrics"))?;
-        Ok(line.rsplit(' ').next().ok_or("metric line")?.parse()?)
+        Ok(metric(&text, series).ok_or(format!("no {series} in /metrics"))?)
     };
     wait_socket(true)?;
     let rt = rt()?;
@@ -871,7 +860,7 @@ pub fn csi_kubelet_registration() -> Result {
     })?;
     let (code, why) = http_get(p.metrics_port, "/readyz")?;
     ensure(code == 503 && why.contains("e2e says no"), format!("/readyz after a refusal: {code} {why}"))?;
-    ensure(metric("thinpool_kubelet_registration_failures_total")? == 1.0, "failure not counted")?;
+    ensure(scraped("thinpool_kubelet_registration_failures_total")? == 1.0, "failure not counted")?;
     ensure(p.log().contains("e2e says no"), "the kubelet's error is not in the log")?;
     rt.block_on(async {
         let mut k = kubelet(socket.clone()).await?;
@@ -879,7 +868,7 @@ pub fn csi_kubelet_registration() -> Result {
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz after registration")?;
-    ensure(metric("thinpool_kubelet_registered")? == 1.0, "registered gauge")?;
+    ensure(scraped("thinpool_kubelet_registered")? == 1.0, "registered gauge")?;
     // Deleted under the plugin: made anew (checked every 5 s), and registration starts over.
     std::fs::remove_file(&socket)?;
     wait_socket(true)?;

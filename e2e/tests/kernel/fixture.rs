@@ -15,6 +15,15 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
 /// Runs a shell command; fails with its output when it fails.
+/// `Ok` when `cond` holds, else an error saying `what`.
+pub fn ensure(cond: bool, what: impl Into<String>) -> Result {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
 pub fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh").arg("-c").arg(cmd).output()?;
     if !out.status.success() {

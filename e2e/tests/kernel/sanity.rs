@@ -70,7 +70,7 @@ fn run(test: &str, access: &str, volume_parameters: &str) -> Result {
     let base = plugin.kubelet.join("sanity");
     std::fs::create_dir_all(&base)?;
     let out = Command::new(&sanity)
-        .arg(format!("--csi.endpoint=unix://{}", plugin.socket_path.display()))
+        .arg(format!("--csi.endpoint=unix://{}", plugin.socket.display()))
         .arg(format!("--csi.mountdir={}", base.join("mount").display()))
         .arg(format!("--csi.stagingdir={}", base.join("staging").display()))
         .arg(format!("--csi.testvolumeaccesstype={access}"))
@@ -115,12 +115,4 @@ fn run(test: &str, access: &str, volume_parameters: &str) -> Result {
     )?;
     ensure(passed > 0, "csi-sanity ran no spec")?;
     Ok(())
-}
-
-fn ensure(cond: bool, what: impl Into<String>) -> Result {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
