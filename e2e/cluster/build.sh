@@ -2,7 +2,9 @@
 # Builds the in-VM cluster's binaries from the Go module proxy into target/cluster/bin/:
 #   Kubernetes v1.36.3 (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 #   kube-proxy, kubectl) from e2e/cluster/kube/, etcd v3.6.8 from e2e/cluster/etcd/, and
-#   containerd v2.4.2 (containerd, containerd-shim-runc-v2, ctr) with `go install`.
+#   containerd v2.4.2 (containerd, containerd-shim-runc-v2, ctr) with `go install`, and the CSI
+#   sidecars the chart runs (csi-provisioner v6.3.0, csi-snapshotter and snapshot-controller v8.6.0)
+#   from e2e/cluster/sidecars/.
 # All static (CGO_ENABLED=0), -trimpath, stripped. A binary newer than its module's go.mod,
 # go.sum (and this script) is skipped; FORCE=1 rebuilds everything. Go's build cache makes a
 # forced rebuild cost only the links.
@@ -17,6 +19,8 @@ mkdir -p "$bin"
 KUBE_VERSION=v1.36.3
 KUBE_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy, for reproducible output
 CONTAINERD_VERSION=v2.4.2
+PROVISIONER_VERSION=v6.3.0 # e2e/cluster/sidecars/go.mod pins the same
+SNAPSHOTTER_VERSION=v8.6.0
 FORCE=${FORCE:-0}
 
 export CGO_ENABLED=0
@@ -96,8 +100,50 @@ build_containerd() {
 		"${todo[@]}")
 }
 
+build_sidecars() {
+	local mod="$here/sidecars" todo=() cmd pkg
+	declare -A pkgs=(
+		[csi-provisioner]=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+		[csi-snapshotter]=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
+		[snapshot-controller]=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+	)
+	for cmd in csi-provisioner csi-snapshotter snapshot-controller; do
+		if stale "$bin/$cmd" "$mod/go.mod" "$mod/go.sum" "${BASH_SOURCE[0]}"; then
+			todo+=("$cmd")
+		else
+			echo "up to date: $cmd"
+		fi
+	done
+	for cmd in "${todo[@]}"; do
+		pkg=${pkgs[$cmd]}
+		# Their own version strings (main.version), as their release images carry them.
+		case $cmd in
+		csi-provisioner) version=$PROVISIONER_VERSION ;;
+		*) version=$SNAPSHOTTER_VERSION ;;
+		esac
+		(cd "$mod" && go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$bin/$cmd" "$pkg")
+	done
+}
+
+# The snapshot CRDs and the snapshot-controller's RBAC and Deployment, from the modules the
+# sidecars were built from (what a user applies from the external-snapshotter repository).
+copy_manifests() {
+	local mod="$here/sidecars" client snapshotter dest="$root/target/cluster/manifests"
+	client=$(cd "$mod" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
+	snapshotter=$(cd "$mod" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/v8)
+	rm -rf "$dest"
+	mkdir -p "$dest/snapshot-crds" "$dest/snapshot-controller"
+	cp "$client"/config/crd/snapshot.storage.k8s.io_*.yaml "$client"/config/crd/groupsnapshot.storage.k8s.io_*.yaml \
+		"$dest/snapshot-crds/"
+	cp "$snapshotter"/deploy/kubernetes/snapshot-controller/{rbac,setup}-snapshot-controller.yaml \
+		"$dest/snapshot-controller/"
+	chmod -R u+w "$dest"
+}
+
 total=$SECONDS
 step "kubernetes $KUBE_VERSION" build_kube
 step "etcd" build_etcd
 step "containerd $CONTAINERD_VERSION" build_containerd
+step "sidecars" build_sidecars
+step "snapshot manifests" copy_manifests
 echo "==> all: $((SECONDS - total)) s, in $bin"
