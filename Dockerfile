@@ -6,7 +6,8 @@
 # The runtime packages are the programs csi/src/tools.rs lists in RUNTIME_PROGRAMS (a unit test
 # keeps the two in step). The node plugin runs privileged; the controller runs as uid 65532.
 
-# --- build: the Rust toolchain plus what the devicemapper crate needs (libdevmapper, bindgen's libclang)
+# --- build (the binary is stripped: the release profile keeps line tables for profiling, the image
+# needs none): the Rust toolchain plus what the devicemapper crate needs (libdevmapper, bindgen's libclang)
 FROM docker.io/library/rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libdevmapper-dev libclang-dev pkg-config \
@@ -16,7 +17,7 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY csi csi
 COPY e2e e2e
 RUN cargo build --release --locked -p thinpool-csi --bin thinpool-csi \
- && install -m 0755 target/release/thinpool-csi /usr/local/bin/thinpool-csi
+ && install -s -m 0755 target/release/thinpool-csi /usr/local/bin/thinpool-csi
 
 # --- runtime: Debian with the tools the driver runs, and libdevmapper's shared library
 FROM docker.io/library/debian:bookworm-slim AS runtime

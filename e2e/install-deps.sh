@@ -7,6 +7,9 @@ PACKAGES=(
   lvm2 thin-provisioning-tools xfsprogs e2fsprogs    # run in the guest (LVM pools, thin_dump, mkfs)
   util-linux                                          # blkid, wipefs, losetup
   libdevmapper-dev libclang-dev pkg-config            # build the devicemapper crate (bindgen)
+  buildah mmdebstrap                                  # the cluster's images, without a container engine
+  runc containernetworking-plugins iptables conntrack # the cluster in the VM: containers, pod network,
+  iproute2 openssl                                    #   kube-proxy, the node's address, certificates
 )
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -4,9 +4,22 @@
 #   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, and the
 #                      cluster suite when KUBECONFIG is set
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
+#   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
+#                      with Helm, and the cluster suite against it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 e2e/install-deps.sh
+# Builds Kubernetes, containerd, etcd, the sidecars and every image first (never beside the VM: it
+# needs both cores), then boots the cluster in the VM and runs e2e/cluster/run.sh in it.
+run_cluster() {
+  echo "== cluster: binaries (e2e/cluster/build.sh)"; bash e2e/cluster/build.sh
+  echo "== cluster: images (e2e/cluster/images.sh)"; bash e2e/cluster/images.sh
+  # shellcheck source=e2e/tools.sh
+  . e2e/tools.sh
+  ensure_helm # the guest has no network: helm is installed here, used there
+  echo "== cluster: Kubernetes in the VM, the chart, the cluster suite"
+  cargo run -q -p thinpool-e2e -- cluster
+}
 case "${1:-}" in
   demo)
     [ -x target/debug/thinpool-csi ] ||
@@ -19,7 +32,13 @@ case "${1:-}" in
     echo "== unit tests (no root)"; cargo test -q --workspace
     echo "== chart and manifests"; bash e2e/chart/check.sh
     echo "== VM suite (real device-mapper)"; cargo run -q -p thinpool-e2e -- vm
-    echo "== cluster suite (needs KUBECONFIG)"; bash e2e/cluster/run.sh
+    if [ -n "${KUBECONFIG:-}" ]; then
+      echo "== cluster suite on KUBECONFIG's cluster"; bash e2e/cluster/run.sh
+    fi
+    echo "== cluster suite (Kubernetes in the VM)"; run_cluster
+    ;;
+  cluster)
+    run_cluster
     ;;
   bench)
     cargo run -q -p thinpool-e2e -- bench --ops "${OPS:-200}"

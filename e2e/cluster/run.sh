@@ -17,6 +17,7 @@
 #   THINPOOL_E2E_RELEASE     name of the release (default thinpool-csi)
 #   THINPOOL_E2E_KEEP=1      leave the release (and its namespace) installed afterwards
 #   THINPOOL_E2E_LOOP_SIZE   loop pool size per node (default 4Gi)
+#   THINPOOL_E2E_WORKLOAD_IMAGE  image of the test pods, with sh, dd and df (default busybox:1.36)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,6 +30,7 @@ command -v kubectl >/dev/null || { echo "cluster suite: kubectl is not installed
 
 NS=${THINPOOL_E2E_NAMESPACE:-thinpool-csi-e2e}
 APP=thinpool-e2e-app
+WORKLOAD=${THINPOOL_E2E_WORKLOAD_IMAGE:-busybox:1.36}
 RELEASE=${THINPOOL_E2E_RELEASE:-thinpool-csi}
 # shellcheck source=e2e/tools.sh
 . e2e/tools.sh
@@ -77,6 +79,45 @@ stop() {
   exit 1
 }
 # until SECONDS DESCRIPTION COMMAND...: retry COMMAND every second until it succeeds.
+# elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+timings=()
+timing() { timings+=("$(printf '%-44s %6s s' "$1" "$2")"); echo "time $1: $2 s"; }
+# bytes QUANTITY: a Kubernetes quantity (512Mi, 5G, 1073741824) in bytes.
+bytes() {
+  awk -v q="$1" 'BEGIN {
+    n = q; sub(/[A-Za-z]+$/, "", n); u = substr(q, length(n) + 1)
+    m["Ki"]=2^10; m["Mi"]=2^20; m["Gi"]=2^30; m["Ti"]=2^40; m["k"]=1e3; m["M"]=1e6; m["G"]=1e9; m["T"]=1e12; m[""]=1
+    if (!(u in m)) exit 1
+    printf "%d", n * m[u] }'
+}
+# pod_on NAME CLAIM [COMMAND]: a pod of the workload image with CLAIM mounted at /data.
+pod_on() {
+  local cmd=${3:-sleep 3600}
+  kubectl -n "$APP" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: c, image: $WORKLOAD, command: ["sh", "-c", "$cmd"], volumeMounts: [{name: d, mountPath: /data}]}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: $2}}]
+EOF
+}
+# claim NAME SIZE [CLASS] [EXTRA SPEC LINES]: a PersistentVolumeClaim.
+claim() {
+  kubectl -n "$APP" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  storageClassName: ${3:-thinpool-ext4}
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: $2}}
+${4:-}
+EOF
+}
+ready() { kubectl -n "$APP" wait --for=condition=Ready "pod/$1" --timeout="${2:-180}s" >/dev/null || die "pod $1 not Ready"; }
 until_ok() {
   local limit=$1 what=$2; shift 2
   local deadline=$(( $(date +%s) + limit ))
@@ -132,11 +173,14 @@ if [ -n "${THINPOOL_CSI_IMAGE:-}" ]; then
              --set image.pullPolicy=IfNotPresent)
 fi
 installed=1
+t_install=$(date +%s.%N)
+install_values=("${set_image[@]}"
+  --set "nodeGroups[0].name=e2e" --set "nodeGroups[0].pool.kind=loop"
+  --set "nodeGroups[0].pool.loop.dataSize=${THINPOOL_E2E_LOOP_SIZE:-4Gi}"
+  --set controller.staleAfter=60)
 "$HELM" upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout 5m \
-  "${set_image[@]}" \
-  --set "nodeGroups[0].name=e2e" --set "nodeGroups[0].pool.kind=loop" \
-  --set "nodeGroups[0].pool.loop.dataSize=${THINPOOL_E2E_LOOP_SIZE:-4Gi}" \
-  --set controller.staleAfter=60 || die "helm install"
+  "${install_values[@]}" || die "helm install"
+timing "helm install --wait" "$(elapsed "$t_install")"
 ok "helm install"
 
 step "every node with a plugin has a rw ThinPool"
@@ -152,6 +196,18 @@ declare -A baseline
 for n in $nodes; do baseline[$n]=$(counts_of "$n"); done
 ok "ThinPools: $nodes"
 
+step "the kubelet registered the driver through the plugin's own socket"
+for n in $nodes; do
+  until_ok 60 "CSINode $n lists thinpool.csi.io with its topology key" \
+    bash -c "kubectl get csinode '$n' -o jsonpath='{.spec.drivers[?(@.name==\"thinpool.csi.io\")].topologyKeys}' | grep -q topology.thinpool.csi.io/node"
+done
+containers=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].spec.containers[*].name}')
+[ "$containers" = "thinpool-csi csi-provisioner csi-snapshotter" ] ||
+  die "the node pod runs '$containers', not thinpool-csi, csi-provisioner and csi-snapshotter"
+controller_containers=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].spec.containers[*].name}')
+[ "$controller_containers" = "thinpool-csi" ] || die "the controller pod runs '$controller_containers', not thinpool-csi alone"
+ok "CSINode lists thinpool.csi.io with topology.thinpool.csi.io/node; node pod: $containers; controller pod: thinpool-csi"
+
 step "capacity objects for every (class, node)"
 classes=$(kubectl get storageclass -o jsonpath='{range .items[?(@.provisioner=="thinpool.csi.io")]}{.metadata.name}{" "}{end}')
 want=$(( $(wc -w <<<"$nodes") * $(wc -w <<<"$classes") ))
@@ -163,7 +219,8 @@ ok "$want capacity objects"
 
 step "PVC -> pod -> write"
 kubectl create namespace "$APP" >/dev/null
-kubectl -n "$APP" apply -f - >/dev/null <<'EOF'
+t_claim=$(date +%s.%N)
+kubectl -n "$APP" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: data}
@@ -178,12 +235,13 @@ metadata: {name: writer}
 spec:
   containers:
     - name: c
-      image: busybox:1.36
+      image: $WORKLOAD
       command: ["sh", "-c", "echo written-by-writer > /data/hello && sync && sleep 3600"]
       volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
 EOF
 kubectl -n "$APP" wait --for=condition=Ready pod/writer --timeout=180s >/dev/null || die "writer pod not Ready"
+timing "claim created -> pod Running (ext4)" "$(elapsed "$t_claim")"
 until_ok 30 "the file is written" kubectl -n "$APP" exec writer -- grep -q written-by-writer /data/hello
 node=$(kubectl -n "$APP" get pod writer -o jsonpath='{.spec.nodeName}')
 pv=$(kubectl -n "$APP" get pvc data -o jsonpath='{.spec.volumeName}')
@@ -213,7 +271,7 @@ spec:
     nodeAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
         nodeSelectorTerms: [{matchFields: [{key: metadata.name, operator: In, values: [$node]}]}]
-  containers: [{name: c, image: busybox:1.36, command: ["sleep", "3600"], volumeMounts: [{name: d, mountPath: /d}]}]
+  containers: [{name: c, image: $WORKLOAD, command: ["sleep", "3600"], volumeMounts: [{name: d, mountPath: /d}]}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: probe}}]
 EOF
 t_pool=""; t_cap=""; deadline=$(( $(date +%s) + 120 ))
@@ -223,6 +281,7 @@ while [ -z "$t_cap" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   sleep 0.1
 done
 if [ -n "$t_cap" ]; then
+  timing "ThinPool change -> CSIStorageCapacity" "$(elapsed "$t_pool")"
   echo "capacity followed the ThinPool change within $(awk "BEGIN{printf \"%.1f\", $t_cap - $t_pool}") s" \
        "(polling every 0.1 s, kubectl round trips included)"
   ok "capacity object updated after a new volume"
@@ -234,6 +293,7 @@ step "snapshot -> restore"
 if ! kubectl api-resources --api-group=snapshot.storage.k8s.io -o name | grep -q '^volumesnapshots'; then
   die "the snapshot CRDs are not installed (see e2e/cluster/README.md)"
 fi
+t_snap=$(date +%s.%N)
 kubectl -n "$APP" apply -f - >/dev/null <<'EOF'
 apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshot
@@ -244,8 +304,10 @@ spec:
 EOF
 until_ok 120 "VolumeSnapshot ready" \
   bash -c "kubectl -n '$APP' get volumesnapshot snap -o jsonpath='{.status.readyToUse}' | grep -qx true"
+timing "VolumeSnapshot created -> readyToUse" "$(elapsed "$t_snap")"
 kubectl -n "$APP" exec writer -- sh -c 'echo changed-after-snapshot > /data/hello && sync'
-kubectl -n "$APP" apply -f - >/dev/null <<'EOF'
+t_restore=$(date +%s.%N)
+kubectl -n "$APP" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: restored}
@@ -261,23 +323,176 @@ metadata: {name: reader}
 spec:
   containers:
     - name: c
-      image: busybox:1.36
+      image: $WORKLOAD
       command: ["sleep", "3600"]
       volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: restored}}]
 EOF
 kubectl -n "$APP" wait --for=condition=Ready pod/reader --timeout=180s >/dev/null || die "reader pod not Ready"
+timing "restore claim created -> pod Running" "$(elapsed "$t_restore")"
 got=$(kubectl -n "$APP" exec reader -- cat /data/hello)
 [ "$got" = "written-by-writer" ] || die "restored volume holds '$got', not the snapshot's 'written-by-writer'"
 ok "restored volume holds the snapshot's data (and not the later write)"
 
-step "expand online"
+step "clone, raw block, xfs and ReadWriteOncePod, side by side"
+claim clone 512Mi thinpool-ext4 '  dataSource: {kind: PersistentVolumeClaim, name: data}'
+pod_on cloned clone
+claim block 64Mi thinpool-ext4 '  volumeMode: Block'
+kubectl -n "$APP" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: block}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: c
+      image: $WORKLOAD
+      command: ["sh", "-c", "echo raw-block-data | dd of=/dev/xvda bs=512 count=1 conv=sync,fsync 2>/dev/null && sleep 3600"]
+      volumeDevices: [{name: d, devicePath: /dev/xvda}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: block}}]
+EOF
+claim xfs 512Mi thinpool-xfs
+pod_on xfs xfs 'echo on-xfs > /data/f && sync && sleep 3600'
+kubectl -n "$APP" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: once}
+spec:
+  storageClassName: thinpool-ext4
+  accessModes: [ReadWriteOncePod]
+  resources: {requests: {storage: 64Mi}}
+EOF
+pod_on once-a once
+for p in cloned block xfs once-a; do ready "$p"; done
+got=$(kubectl -n "$APP" exec cloned -- cat /data/hello)
+[ "$got" = changed-after-snapshot ] || die "the clone holds '$got', not its source's 'changed-after-snapshot'"
+ok "the clone holds its source's data"
+until_ok 30 "the raw block device holds what was written" \
+  bash -c "kubectl -n '$APP' exec block -- dd if=/dev/xvda bs=512 count=1 2>/dev/null | grep -q raw-block-data"
+kubectl -n "$APP" exec block -- sh -c 'grep -q " /dev/xvda " /proc/mounts' && die "the block volume is mounted as a filesystem"
+ok "raw block volume written and read back through /dev/xvda"
+fstype=$(kubectl -n "$APP" exec xfs -- awk '$2 == "/data" {print $3}' /proc/mounts)
+[ "$fstype" = xfs ] || die "the thinpool-xfs volume is mounted as '$fstype'"
+until_ok 30 "the xfs volume is written" kubectl -n "$APP" exec xfs -- grep -q on-xfs /data/f
+ok "xfs volume mounted as xfs and written"
+pod_on once-b once
+until_ok 60 "the second pod of a ReadWriteOncePod claim is refused by the scheduler" \
+  bash -c "kubectl -n '$APP' get pod once-b -o jsonpath='{.status.conditions[?(@.type==\"PodScheduled\")].message}' | grep -q ReadWriteOncePod"
+echo "once-b: $(kubectl -n "$APP" get pod once-b -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')"
+kubectl -n "$APP" delete pod once-a once-b --wait=true >/dev/null
+ok "ReadWriteOncePod: a second pod stays Pending while the first holds the claim"
+
+step "expand online (the controller's bookkeeping, NodeExpandVolume on the mounted volume)"
 kubectl -n "$APP" patch pvc data --type=merge -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
 until_ok 180 "PVC data reports 1Gi" \
   bash -c "kubectl -n '$APP' get pvc data -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi"
 size_kb=$(kubectl -n "$APP" exec writer -- df -k /data | awk 'NR==2 {print $2}')
 [ "$size_kb" -gt 900000 ] || die "the filesystem is still ${size_kb} KiB after expansion"
 ok "filesystem grew to ${size_kb} KiB while mounted"
+
+step "expand offline: an unmounted volume grows at its next use"
+kubectl -n "$APP" delete pod probe --wait=true >/dev/null
+kubectl -n "$APP" patch pvc probe --type=merge -p '{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}' >/dev/null
+probe_pv=$(kubectl -n "$APP" get pvc probe -o jsonpath='{.spec.volumeName}')
+until_ok 60 "PV $probe_pv grows to 512Mi" \
+  bash -c "kubectl get pv '$probe_pv' -o jsonpath='{.spec.capacity.storage}' | grep -qx 512Mi"
+status=$(kubectl -n "$APP" get pvc probe -o jsonpath='{.status.allocatedResourceStatuses.storage}/{.status.conditions[*].type}')
+echo "claim probe while unmounted: $status"
+case "$status" in NodeResizePending/*FileSystemResizePending*) ;; *) die "claim probe: expected NodeResizePending and FileSystemResizePending, got $status" ;; esac
+pod_on probe2 probe
+ready probe2
+until_ok 120 "PVC probe reports 512Mi after its next mount" \
+  bash -c "kubectl -n '$APP' get pvc probe -o jsonpath='{.status.capacity.storage}' | grep -qx 512Mi"
+size_kb=$(kubectl -n "$APP" exec probe2 -- df -k /data | awk 'NR==2 {print $2}')
+[ "$size_kb" -gt 450000 ] || die "the filesystem is still ${size_kb} KiB after offline expansion"
+ok "grew to ${size_kb} KiB at the next mount"
+
+step "a request the pool cannot hold ends with its reason on the claim, and can be taken back"
+kubectl -n "$APP" patch pvc probe --type=merge -p '{"spec":{"resources":{"requests":{"storage":"100Ti"}}}}' >/dev/null
+until_ok 60 "claim probe marked ControllerResizeInfeasible" \
+  bash -c "kubectl -n '$APP' get pvc probe -o jsonpath='{.status.allocatedResourceStatuses.storage}' | grep -qx ControllerResizeInfeasible"
+reason=$(kubectl -n "$APP" get events --field-selector involvedObject.name=probe,reason=VolumeResizeFailed -o jsonpath='{.items[-1:].message}')
+[ -n "$reason" ] || die "no VolumeResizeFailed event on claim probe"
+echo "VolumeResizeFailed: $reason"
+kubectl -n "$APP" patch pvc probe --type=merge -p '{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}' >/dev/null
+until_ok 60 "the infeasible mark cleared after the request was lowered" \
+  bash -c "[ -z \"\$(kubectl -n '$APP' get pvc probe -o jsonpath='{.status.allocatedResourceStatuses.storage}')\" ]"
+ok "refused once with a reason; lowering the request clears it"
+
+step "WaitForFirstConsumer with capacity: too large stays Pending, then fits once space is freed"
+room=$(bytes "$(cap_of)")
+filler=$(( room * 6 / 10 / 1048576 ))Mi
+echo "room for new volumes on $node: $room bytes; filler and big claims: $filler each"
+claim filler "$filler"
+pod_on filler filler
+ready filler
+capacity_below() { [ "$(bytes "$(cap_of)")" -lt "$1" ]; }
+until_ok 60 "the capacity drops below the second claim" capacity_below $(( room * 6 / 10 ))
+claim big "$filler"
+pod_on big big
+until_ok 90 "pod big reported unschedulable for storage" \
+  bash -c "kubectl -n '$APP' get pod big -o jsonpath='{.status.conditions[?(@.type==\"PodScheduled\")].message}' | grep -q 'enough free storage'"
+echo "big: $(kubectl -n "$APP" get pod big -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')"
+[ "$(kubectl -n "$APP" get pvc big -o jsonpath='{.status.phase}')" = Pending ] || die "claim big is not Pending"
+t_free=$(date +%s.%N)
+kubectl -n "$APP" delete pod filler --wait=true >/dev/null
+kubectl -n "$APP" delete pvc filler --wait=true >/dev/null
+ready big 180
+timing "space freed -> waiting pod Running" "$(elapsed "$t_free")"
+kubectl -n "$APP" delete pod big --wait=true >/dev/null
+kubectl -n "$APP" delete pvc big --wait=true >/dev/null
+ok "a claim larger than the room stayed Pending ('enough free storage') and was placed after space was freed"
+
+step "the node plugin's pod is deleted while a workload has its volume mounted"
+plugin=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$node" -o name)
+kubectl -n "$NS" delete "$plugin" --wait=false >/dev/null
+t_plugin=$(date +%s.%N)
+for i in 1 2 3 4 5; do
+  kubectl -n "$APP" exec writer -- sh -c "echo during-restart-$i >> /data/log && sync" ||
+    die "the workload could not write while the plugin restarted"
+  sleep 1
+done
+until_ok 180 "a new plugin pod Ready" \
+  bash -c "kubectl -n '$NS' get pods -l app.kubernetes.io/component=node --field-selector spec.nodeName=$node -o jsonpath='{.items[*].metadata.name}{\" \"}{.items[*].status.conditions[?(@.type==\"Ready\")].status}' | grep -v '${plugin#pod/}' | grep -q True"
+timing "plugin pod deleted -> new one Ready" "$(elapsed "$t_plugin")"
+until_ok 60 "ThinPool $node rw again" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+[ "$(kubectl -n "$APP" exec writer -- grep -c during-restart /data/log)" = 5 ] || die "the writes made during the restart are not all there"
+ok "the workload kept writing; the new plugin pod is Ready and the pool rw"
+
+step "the controller's leader pod is deleted: capacity keeps following the pools"
+lease_holder() { kubectl -n "$NS" get lease thinpool-csi-controller -o jsonpath='{.spec.holderIdentity}'; }
+leader=$(lease_holder)
+[ -n "$leader" ] || die "the Lease thinpool-csi-controller has no holder"
+t_failover=$(date +%s.%N)
+kubectl -n "$NS" delete pod "$leader" --wait=false >/dev/null
+until_ok 120 "another replica holds the Lease" bash -c "h=\$(kubectl -n '$NS' get lease thinpool-csi-controller -o jsonpath='{.spec.holderIdentity}'); [ -n \"\$h\" ] && [ \"\$h\" != '$leader' ]"
+timing "leader pod deleted -> new leader" "$(elapsed "$t_failover")"
+echo "leader $leader -> $(lease_holder)"
+before_cap=$(cap_of)
+claim after-failover 256Mi
+pod_on after-failover after-failover
+ready after-failover
+capacity_changed() { [ "$(cap_of)" != "$1" ]; }
+until_ok 60 "the new leader updates capacity after a pool change" capacity_changed "$before_cap"
+ok "capacity followed a new volume after the failover"
+
+step "helm upgrade with the same chart"
+"$HELM" upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout 5m >/dev/null || die "helm upgrade"
+until_ok 60 "ThinPool $node rw" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+kubectl -n "$APP" exec writer -- grep -q changed-after-snapshot /data/hello || die "data unreadable after the upgrade"
+ok "upgraded in place; volumes still mounted and readable"
+
+step "helm uninstall with volumes present loses nothing; a reinstall finds them"
+"$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 3m >/dev/null || die "helm uninstall"
+kubectl -n "$APP" exec writer -- sh -c 'echo while-uninstalled >> /data/log && sync' || die "the mounted volume stopped working without the driver"
+"$HELM" install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout 5m "${install_values[@]}" >/dev/null ||
+  die "helm install after uninstall"
+until_ok 120 "ThinPool $node rw after the reinstall" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+pod_on reread data
+ready reread
+[ "$(kubectl -n "$APP" exec reread -- tail -1 /data/log)" = while-uninstalled ] || die "the data written while uninstalled is not there"
+kubectl -n "$APP" exec reread -- grep -q changed-after-snapshot /data/hello || die "the data written before the uninstall is gone"
+ok "reinstalled: the volume mounts again in a new pod with everything written before and during"
 
 step "delete everything; the pools return to their first counts"
 kubectl delete namespace "$APP" --wait=true --timeout=180s >/dev/null || die "deleting the workload namespace"
@@ -289,4 +504,6 @@ kubectl get thinpools
 ok "volumes and snapshots deleted"
 
 echo
+echo "timings (emulated 2-vCPU VM unless said otherwise):"
+printf '  %s\n' "${timings[@]}"
 echo "cluster: $passed passed, 0 failed ($(( $(date +%s) - START )) s)"

@@ -3,6 +3,8 @@
 //! - `vm [FILTER]`: the VM suite (loop and direct-lvm pools, crash safety, data isolation, churn).
 //! - `demo`: the driver's main job on its embedded default, a loop pool, with readable output.
 //! - `bench`: create/snapshot/delete latency against LVM on the same kind of pool.
+//! - `cluster`: a one-node Kubernetes cluster in the VM, the chart installed with Helm, and the
+//!   cluster suite run against it (after `e2e/cluster/build.sh` and `e2e/cluster/images.sh`).
 
 mod build;
 mod vm;
@@ -34,6 +36,8 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         ops: u32,
     },
+    /// Bring up a one-node Kubernetes cluster in the VM and run the cluster suite against it.
+    Cluster,
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +79,20 @@ fn run(cli: Cli) -> Result<()> {
                 demo.display()
             );
             vm::run_in_vm("demo", &script, limit(300), false)
+        }
+        Cmd::Cluster => {
+            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
+            let images = workspace.join("target/cluster/images.ext4");
+            for needed in ["target/cluster/bin/kubelet", "target/cluster/images.ext4"] {
+                anyhow::ensure!(
+                    workspace.join(needed).exists(),
+                    "{needed} is missing: run e2e/cluster/build.sh and e2e/cluster/images.sh first (e2e/run.sh cluster does)"
+                );
+            }
+            let script =
+                format!("export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
+            // The control plane, containerd's images and the loop pool all live in the guest's memory.
+            vm::run_in_vm_with("cluster", &script, limit(2400), false, 8192, &[images])
         }
         Cmd::Bench { ops } => {
             let bench = build::bench()?;

@@ -37,6 +37,12 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 {{- end -}}
 {{- $own := $g.pool | default dict -}}
 {{- $pool := mergeOverwrite (deepCopy $root.Values.pool) (deepCopy $own) -}}
+{{- /* A group may leave out a kind's section entirely (pool: {kind: loop}). */ -}}
+{{- range $k := list "loop" "directLvm" "device" -}}
+{{- if not (kindIs "map" (index $pool $k)) -}}
+{{- $_ := set $pool $k dict -}}
+{{- end -}}
+{{- end -}}
 {{- /* mergeOverwrite skips zero values; a limit the group sets, even 0, must reach the checks. */ -}}
 {{- range $k := list "overprovisionRatio" "dataFillLimit" "metadataFillLimit" -}}
 {{- if hasKey $own $k -}}
@@ -88,17 +94,26 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 {{/* The thinpool-csi flags of a node group's pool (one per line, already validated). */}}
 {{- define "thinpool-csi.poolArgs" -}}
 - --pool={{ .kind }}
+{{- /* A group's own nodeGroups entry replaces the default one whole (Helm does not merge list
+       entries): a loop setting it leaves out is left to the binary, whose defaults are the ones
+       values.yaml shows, and never passed empty. */ -}}
 {{- if eq .kind "loop" }}
-- --loop-data-size={{ .loop.dataSize }}
-- --loop-block-size={{ .loop.blockSize }}
-{{- if .loop.path }}
-- --loop-dir={{ .loop.path }}
+{{- with .loop }}
+{{- if .dataSize }}
+- --loop-data-size={{ .dataSize }}
+{{- end }}
+{{- if .blockSize }}
+- --loop-block-size={{ .blockSize }}
+{{- end }}
+{{- if .path }}
+- --loop-dir={{ .path }}
+{{- end }}
 {{- end }}
 {{- else if eq .kind "direct-lvm" }}
 - --lvm-pool={{ .directLvm.pool }}
 {{- else if eq .kind "device" }}
 - --device={{ .device.path }}
-- --lvm-pool={{ .device.lvmPool }}
+- --lvm-pool={{ .device.lvmPool | default "thinpool-csi/thinpool" }}
 {{- end }}
 - --overprovision-ratio={{ .overprovisionRatio }}
 - --data-fill-limit={{ .dataFillLimit }}

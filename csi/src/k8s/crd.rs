@@ -92,7 +92,25 @@ pub struct ThinPoolStatus {
 /// The CRD as YAML.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&ThinPool::crd())
+    let mut crd = serde_yaml::to_value(ThinPool::crd())?;
+    drop_unknown_formats(&mut crd);
+    serde_yaml::to_string(&crd)
+}
+
+/// Removes the schema `format`s the API server does not know (schemars names Rust's unsigned
+/// integers `uint64`, `uint32`, ...), each of which made every `kubectl apply` and `helm install`
+/// of the CRD print `unrecognized format "uint64"`. The `minimum: 0` beside them stays.
+fn drop_unknown_formats(value: &mut serde_yaml::Value) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            if map.get("format").and_then(|f| f.as_str()).is_some_and(|f| f.starts_with("uint")) {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unknown_formats);
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(drop_unknown_formats),
+        _ => {}
+    }
 }
 
 /// Where the generated CRD is committed, relative to the workspace.
@@ -102,6 +120,16 @@ pub const COMMITTED_CRD: &str = "manifests/crds/thinpool.csi.io_thinpools.yaml";
 mod tests {
     use super::*;
     use kube::{CustomResourceExt, Resource};
+
+    #[test]
+    fn the_crd_names_only_formats_the_api_server_knows() {
+        let yaml = crd_yaml().expect("crd");
+        let formats: Vec<&str> = yaml.lines().filter_map(|l| l.trim().strip_prefix("format: ")).collect();
+        assert!(!formats.is_empty(), "the signed integers keep theirs");
+        for f in formats {
+            assert!(["int32", "int64", "float", "double", "date-time"].contains(&f), "format {f} in the CRD");
+        }
+    }
 
     #[test]
     fn committed_crd_matches_the_rust_types() {

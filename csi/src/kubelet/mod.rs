@@ -4,8 +4,10 @@
 //! `CSIPlugin`, our driver name, the CSI endpoint as it sees it, the CSI versions), registers the
 //! driver, reports back with `NotifyRegistrationStatus`, then calls `NodeGetInfo` and writes the
 //! `CSINode` object. `registration` holds the state and the service; `socket` keeps the socket
-//! there (re-created when deleted, removed on clean shutdown).
+//! there (re-created when deleted, removed on clean shutdown); `authority` fixes the `:authority`
+//! the kubelet sends on that socket, which our HTTP/2 server would otherwise refuse.
 
+pub mod authority;
 pub mod registration;
 pub mod socket;
 

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::io::DuplexStream;
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::authority;
 
 use super::proto::registration_server::RegistrationServer;
 use super::registration::{Registrar, RegistrationService};
@@ -25,6 +30,34 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Accepts connections on `listener` and hands the server one in-memory stream per connection,
+/// each joined to its client through [`authority::front`] (the kubelet's `:authority` fixed).
+fn fronted(listener: UnixListener) -> (ReceiverStream<std::io::Result<DuplexStream>>, JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let accepting = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((client, _)) => {
+                    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                    if tx.send(Ok(theirs)).await.is_err() {
+                        return;
+                    }
+                    tokio::spawn(async move {
+                        if let Err(e) = authority::front(client, ours).await {
+                            tracing::warn!(error = %e, "a registration connection was dropped");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on the registration socket");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    (ReceiverStream::new(rx), accepting)
+}
+
 /// Serves registration on `path` until `shutdown` completes; then removes the socket.
 pub async fn serve(
     registrar: Arc<Registrar>,
@@ -38,10 +71,11 @@ pub async fn serve(
         let ours = identity(&path);
         tracing::info!(socket = %path.display(), "serving kubelet plugin registration");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (connections, accepting) = fronted(listener);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(RegistrationServer::new(RegistrationService(registrar.clone())))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(connections, async {
                     let _ = stopped.await;
                 }),
         );
@@ -56,6 +90,7 @@ pub async fn serve(
             }
         };
         let _ = stop.send(());
+        accepting.abort();
         match server.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "registration server"),

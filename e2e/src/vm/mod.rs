@@ -21,6 +21,19 @@ pub fn target_dir() -> PathBuf {
 /// Boots a guest and runs `script` in it; fails when the script fails, hangs or the guest dies.
 /// `kernel_lines` shows the kernel's console lines too (the demo hides them).
 pub fn run_in_vm(name: &str, script: &str, timeout: Duration, kernel_lines: bool) -> Result<()> {
+    run_in_vm_with(name, script, timeout, kernel_lines, 3072, &[])
+}
+
+/// [`run_in_vm`] with the guest's memory given (the cluster needs more than the suites) and disk
+/// images attached copy-on-write as virtio disks (`/dev/vda`, `/dev/vdb`, ... in that order).
+pub fn run_in_vm_with(
+    name: &str,
+    script: &str,
+    timeout: Duration,
+    kernel_lines: bool,
+    memory_mib: u32,
+    disks: &[PathBuf],
+) -> Result<()> {
     let cache = target_dir().join("vm");
     std::fs::create_dir_all(&cache)?;
     let cache = cache.canonicalize()?;
@@ -33,7 +46,8 @@ pub fn run_in_vm(name: &str, script: &str, timeout: Duration, kernel_lines: bool
         kernel: &kernel,
         initramfs: &initramfs,
         share,
-        memory_mib: 3072,
+        memory_mib,
+        disks,
         timeout,
         workspace,
         kernel_lines,

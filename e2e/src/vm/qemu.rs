@@ -16,6 +16,9 @@ pub struct Guest<'a> {
     /// A host directory mounted read-write in the guest at the same path; holds guest.sh.
     pub share: PathBuf,
     pub memory_mib: u32,
+    /// Disk images attached as virtio disks, copy-on-write (`snapshot=on`: the guest's writes go to
+    /// a temporary file and the image never changes).
+    pub disks: &'a [PathBuf],
     /// The host directory holding everything the guest runs (the workspace); kept visible
     /// even when it lies under /tmp, which the guest replaces with its own tmpfs.
     pub workspace: PathBuf,
@@ -70,7 +73,7 @@ impl Guest<'_> {
             "#!/bin/sh\n\
              export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
              export HOME=/tmp DM_DISABLE_UDEV=1 LANG=C.UTF-8 RUST_BACKTRACE=1\n\
-             export THINPOOL_E2E_IN_VM=1\n\
+             export THINPOOL_E2E_IN_VM=1 THINPOOL_E2E_KROOT={kroot} THINPOOL_E2E_OUT={share}\n\
              ln -sf /proc/self/fd /dev/fd 2>/dev/null\n\
              for m in dm-thin-pool dm-snapshot loop ext4 xfs; do\n\
                modprobe -d {kroot} $m || echo \"guest: modprobe $m failed\"\n\
@@ -84,7 +87,11 @@ impl Guest<'_> {
         let virtfs_root = "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap";
         let virtfs_out =
             format!("local,path={},mount_tag=out,security_model=passthrough,multidevs=remap", share.display());
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut qemu = Command::new("qemu-system-x86_64");
+        for disk in self.disks {
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,snapshot=on", disk.display()));
+        }
+        let mut child = qemu
             .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
             .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
             .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
