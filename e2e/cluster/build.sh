@@ -37,15 +37,8 @@ stale() {
 	return 1
 }
 
-# step NAME COMMAND... -> runs COMMAND and prints how long it took.
-step() {
-	local name=$1
-	shift
-	local start=$SECONDS
-	echo "==> $name"
-	"$@"
-	echo "==> $name: $((SECONDS - start)) s"
-}
+# shellcheck source=e2e/cluster/step.sh
+. "$here/step.sh"
 
 kube_major=${KUBE_VERSION#v}
 kube_major=${kube_major%%.*}

@@ -34,14 +34,8 @@ RUST_BASE=docker.io/library/rust:1.95-bookworm
 DEBIAN_BASE=docker.io/library/debian:bookworm-slim
 RUST_TOOLCHAIN=1.95.0
 
-step() {
-	local name=$1
-	shift
-	local start=$SECONDS
-	echo "==> $name"
-	"$@"
-	echo "==> $name: $((SECONDS - start)) s"
-}
+# shellcheck source=e2e/cluster/step.sh
+. "$here/step.sh"
 
 have_image() { "${BUILDAH[@]}" inspect --type image "$1" >/dev/null 2>&1; }
 

@@ -120,9 +120,9 @@ EOF
 ready() { kubectl -n "$APP" wait --for=condition=Ready "pod/$1" --timeout="${2:-180}s" >/dev/null || die "pod $1 not Ready"; }
 until_ok() {
   local limit=$1 what=$2; shift 2
-  local deadline=$(( $(date +%s) + limit ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "$what (waited ${limit}s)"
+  local deadline=$(( $(date +%s) + limit )) last
+  until last=$("$@" 2>&1); do
+    [ "$(date +%s)" -lt "$deadline" ] || die "$what (waited ${limit}s; the last try said: ${last:-nothing})"
     sleep 1
   done
 }

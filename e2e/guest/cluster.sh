@@ -45,7 +45,12 @@ keep_logs() {
 	mkdir -p "$THINPOOL_E2E_OUT/logs"
 	cp -r "$LOGS" /var/log/pods "$THINPOOL_E2E_OUT/logs/" 2>/dev/null || true
 }
-trap 'rc=$?; keep_logs; [[ $rc == 0 ]] || { say "failed (exit $rc); all logs: $THINPOOL_E2E_OUT/logs"; show_logs; }' EXIT
+on_exit() {
+	local rc=$?
+	keep_logs
+	[[ $rc == 0 ]] || { say "failed (exit $rc); all logs: $THINPOOL_E2E_OUT/logs"; show_logs; }
+}
+trap on_exit EXIT
 
 # --- the node: writable /var/lib and /var/log, cgroup v2, shared mounts, modules, addresses
 hostname "$NODE"
@@ -116,7 +121,7 @@ wait_for() {
 	shift 2
 	deadline=$(($(date +%s) + limit))
 	while (($(date +%s) < deadline)); do
-		timeout 10 "$@" >/dev/null 2>&1 && return 0
+		timeout 60 "$@" >/dev/null 2>&1 && return 0
 		sleep 1
 	done
 	say "$what did not happen within $limit s"
@@ -215,6 +220,10 @@ kubectl -n kube-system patch deployment snapshot-controller --type=json -p '[
   {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "registry.k8s.io/sig-storage/snapshot-controller:v8.6.0"},
   {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--enable-distributed-snapshotting"}]' >/dev/null
 say "snapshot CRDs and snapshot-controller applied"
+# Helm validates the chart against the API server's OpenAPI document, which the emulated API
+# server takes long to build the first time (a cold request once timed out inside helm install).
+wait_for 300 "the API server's OpenAPI document" kubectl get --raw /openapi/v2 --request-timeout=120s
+say "OpenAPI document served"
 
 # --- the cluster suite, which installs the chart with helm
 export THINPOOL_E2E_WORKLOAD_IMAGE=thinpool-csi.local/busybox:debian
