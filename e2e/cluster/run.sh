@@ -126,6 +126,22 @@ until_ok() {
     sleep 1
   done
 }
+# helm_retrying ARGS...: helm, tried again (3 tries in all) when it failed on a transient API error:
+# a slow API server (an emulated one, a loaded one) can time out helm's OpenAPI download.
+helm_retrying() {
+  local try out
+  for try in 1 2 3; do
+    if out=$("$HELM" "$@" 2>&1); then
+      echo "$out"
+      return 0
+    fi
+    echo "$out" >&2
+    grep -qE 'context deadline exceeded|Please retry|request canceled|i/o timeout|connection refused' <<<"$out" ||
+      return 1
+    [ "$try" = 3 ] || { echo "helm: a transient API error; trying again in 10 s" >&2; sleep 10; }
+  done
+  return 1
+}
 installed=0   # set once the suite runs helm: only then is there a release of its own to remove
 created_ns=0  # the suite created $NS
 cleanup() {
@@ -178,7 +194,7 @@ install_values=("${set_image[@]}"
   --set "nodeGroups[0].name=e2e" --set "nodeGroups[0].pool.kind=loop"
   --set "nodeGroups[0].pool.loop.dataSize=${THINPOOL_E2E_LOOP_SIZE:-4Gi}"
   --set controller.staleAfter=60)
-"$HELM" upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout 5m \
+helm_retrying upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout 5m \
   "${install_values[@]}" || die "helm install"
 timing "helm install --wait" "$(elapsed "$t_install")"
 ok "helm install"
@@ -477,7 +493,7 @@ until_ok 60 "the new leader updates capacity after a pool change" capacity_chang
 ok "capacity followed a new volume after the failover"
 
 step "helm upgrade with the same chart"
-"$HELM" upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout 5m >/dev/null || die "helm upgrade"
+helm_retrying upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout 5m >/dev/null || die "helm upgrade"
 until_ok 60 "ThinPool $node rw" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
 kubectl -n "$APP" exec writer -- grep -q changed-after-snapshot /data/hello || die "data unreadable after the upgrade"
 ok "upgraded in place; volumes still mounted and readable"
@@ -485,7 +501,7 @@ ok "upgraded in place; volumes still mounted and readable"
 step "helm uninstall with volumes present loses nothing; a reinstall finds them"
 "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 3m >/dev/null || die "helm uninstall"
 kubectl -n "$APP" exec writer -- sh -c 'echo while-uninstalled >> /data/log && sync' || die "the mounted volume stopped working without the driver"
-"$HELM" install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout 5m "${install_values[@]}" >/dev/null ||
+helm_retrying install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout 5m "${install_values[@]}" >/dev/null ||
   die "helm install after uninstall"
 until_ok 120 "ThinPool $node rw after the reinstall" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
 pod_on reread data
