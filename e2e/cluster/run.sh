@@ -91,6 +91,9 @@ bytes() {
     if (!(u in m)) exit 1
     printf "%d", n * m[u] }'
 }
+# quantity_is WANT KUBECTL-ARGS...: the quantity `kubectl ARGS` prints equals WANT by value (the API
+# server may write 1073741824 as 1Gi).
+quantity_is() { local want=$1; shift; [ "$(bytes "$(kubectl "$@")")" = "$(bytes "$want")" ]; }
 # pod_on NAME CLAIM [COMMAND]: a pod of the workload image with CLAIM mounted at /data.
 pod_on() {
   local cmd=${3:-sleep 3600}
@@ -400,8 +403,7 @@ ok "ReadWriteOncePod: a second pod stays Pending while the first holds the claim
 
 step "expand online (the controller's bookkeeping, NodeExpandVolume on the mounted volume)"
 kubectl -n "$APP" patch pvc data --type=merge -p '{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}' >/dev/null
-until_ok 180 "PVC data reports 1Gi" \
-  bash -c "kubectl -n '$APP' get pvc data -o jsonpath='{.status.capacity.storage}' | grep -qx 1Gi"
+until_ok 180 "PVC data reports 1Gi" quantity_is 1Gi -n "$APP" get pvc data -o jsonpath='{.status.capacity.storage}'
 size_kb=$(kubectl -n "$APP" exec writer -- df -k /data | awk 'NR==2 {print $2}')
 [ "$size_kb" -gt 900000 ] || die "the filesystem is still ${size_kb} KiB after expansion"
 ok "filesystem grew to ${size_kb} KiB while mounted"
@@ -410,15 +412,14 @@ step "expand offline: an unmounted volume grows at its next use"
 kubectl -n "$APP" delete pod probe --wait=true >/dev/null
 kubectl -n "$APP" patch pvc probe --type=merge -p '{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}' >/dev/null
 probe_pv=$(kubectl -n "$APP" get pvc probe -o jsonpath='{.spec.volumeName}')
-until_ok 60 "PV $probe_pv grows to 512Mi" \
-  bash -c "kubectl get pv '$probe_pv' -o jsonpath='{.spec.capacity.storage}' | grep -qx 512Mi"
+until_ok 60 "PV $probe_pv grows to 512Mi" quantity_is 512Mi get pv "$probe_pv" -o jsonpath='{.spec.capacity.storage}'
 status=$(kubectl -n "$APP" get pvc probe -o jsonpath='{.status.allocatedResourceStatuses.storage}/{.status.conditions[*].type}')
 echo "claim probe while unmounted: $status"
 case "$status" in NodeResizePending/*FileSystemResizePending*) ;; *) die "claim probe: expected NodeResizePending and FileSystemResizePending, got $status" ;; esac
 pod_on probe2 probe
 ready probe2
 until_ok 120 "PVC probe reports 512Mi after its next mount" \
-  bash -c "kubectl -n '$APP' get pvc probe -o jsonpath='{.status.capacity.storage}' | grep -qx 512Mi"
+  quantity_is 512Mi -n "$APP" get pvc probe -o jsonpath='{.status.capacity.storage}'
 size_kb=$(kubectl -n "$APP" exec probe2 -- df -k /data | awk 'NR==2 {print $2}')
 [ "$size_kb" -gt 450000 ] || die "the filesystem is still ${size_kb} KiB after offline expansion"
 ok "grew to ${size_kb} KiB at the next mount"
