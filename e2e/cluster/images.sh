@@ -133,8 +133,10 @@ thinpool_csi_image() {
 	local ca=/etc/ssl/certs/ca-certificates.crt stamp="$out/thinpool-csi.inputs" inputs
 	# What the Dockerfile COPYs (as .dockerignore filters it), and the Dockerfile: built again only
 	# when one of them changed (a build with nothing to do still costs two minutes of layer copies).
-	inputs=$(cd "$root" && git ls-files -co --exclude-standard Dockerfile Cargo.toml Cargo.lock rustfmt.toml csi e2e |
-		LC_ALL=C sort | xargs sha256sum | sha256sum)
+	local -a ignored
+	mapfile -t ignored < <(sed -n 's|^\([^#].*\)/*$|:(exclude,glob)\1|p' "$root/.dockerignore" | sed 's|/*$||')
+	inputs=$(cd "$root" && git ls-files -co --exclude-standard -- Dockerfile .dockerignore Cargo.toml Cargo.lock \
+		rustfmt.toml csi e2e "${ignored[@]}" | LC_ALL=C sort | xargs sha256sum | sha256sum)
 	if [[ -s $out/thinpool-csi.tar && $(cat "$stamp" 2>/dev/null) == "$inputs" ]]; then
 		echo "up to date: $THINPOOL_CSI_IMAGE"
 		return

@@ -18,6 +18,12 @@
 #   THINPOOL_E2E_KEEP=1      leave the release (and its namespace) installed afterwards
 #   THINPOOL_E2E_LOOP_SIZE   loop pool size per node (default 4Gi)
 #   THINPOOL_E2E_WORKLOAD_IMAGE  image of the test pods, with sh, dd and df (default busybox:1.36)
+#   THINPOOL_E2E_PATIENCE    how many times longer than on an ordinary cluster every wait may take
+#                            (default 1; e2e/guest/cluster.sh sets 4 for the emulated VM, where a
+#                            pod takes a minute or two to start and a snapshot two to three)
+#   THINPOOL_E2E_NODE_DIAGNOSTICS  a command printing what only the node shows (mounts, processes);
+#                            run on a failure, before anything is cleaned up (e2e/guest/cluster.sh
+#                            sets it for the cluster in the VM)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,6 +34,12 @@ if [ -z "${KUBECONFIG:-}" ]; then
 fi
 command -v kubectl >/dev/null || { echo "cluster suite: kubectl is not installed" >&2; exit 1; }
 
+PATIENCE=${THINPOOL_E2E_PATIENCE:-1}
+case "$PATIENCE" in
+  "" | *[!0-9]* | 0*) echo "cluster suite: THINPOOL_E2E_PATIENCE must be a whole number of at least 1, not '$PATIENCE'" >&2; exit 2 ;;
+esac
+# patient SECONDS: a wait's limit, in seconds, scaled by the patience.
+patient() { echo $(( $1 * PATIENCE )); }
 NS=${THINPOOL_E2E_NAMESPACE:-thinpool-csi-e2e}
 APP=thinpool-e2e-app
 WORKLOAD=${THINPOOL_E2E_WORKLOAD_IMAGE:-busybox:1.36}
@@ -63,10 +75,21 @@ diagnostics() {
     { kubectl -n "$ns" events 2>/dev/null ||
         kubectl -n "$ns" get events --sort-by=.metadata.creationTimestamp 2>&1; } | tail -30 || true
   done
-  local p
-  for p in $(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o name 2>/dev/null || true); do
-    show kubectl -n "$NS" logs "$p" -c thinpool-csi --tail=30
+  # Every container of the driver's pods: the plugin and the controller, and the sidecars.
+  local p c
+  for p in $(kubectl -n "$NS" get pods -o name 2>/dev/null || true); do
+    for c in $(kubectl -n "$NS" get "$p" -o jsonpath='{.spec.containers[*].name}' 2>/dev/null || true); do
+      show kubectl -n "$NS" logs "$p" -c "$c" --tail=30
+    done
   done
+  # The snapshot-controller (external-snapshotter's manifests put it in kube-system), when present.
+  if have_snapshot_api; then
+    show kubectl -n kube-system logs -l app.kubernetes.io/name=snapshot-controller --tail=30 --prefix
+  fi
+  if [ -n "${THINPOOL_E2E_NODE_DIAGNOSTICS:-}" ]; then
+    echo "\$ $THINPOOL_E2E_NODE_DIAGNOSTICS"
+    $THINPOOL_E2E_NODE_DIAGNOSTICS 2>&1 || true
+  fi
 }
 die() {
   echo "FAIL $*" >&2
@@ -78,7 +101,6 @@ stop() {
   echo "cluster suite: $*" >&2
   exit 1
 }
-# until SECONDS DESCRIPTION COMMAND...: retry COMMAND every second until it succeeds.
 # elapsed SINCE: seconds since SINCE (date +%s.%N), one decimal.
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 timings=()
@@ -120,9 +142,10 @@ spec:
 ${4:-}
 EOF
 }
-ready() { kubectl -n "$APP" wait --for=condition=Ready "pod/$1" --timeout="${2:-180}s" >/dev/null || die "pod $1 not Ready"; }
+ready() { kubectl -n "$APP" wait --for=condition=Ready "pod/$1" --timeout="$(patient "${2:-180}")s" >/dev/null || die "pod $1 not Ready"; }
+# until_ok SECONDS DESCRIPTION COMMAND...: retry COMMAND every second for SECONDS (times the patience).
 until_ok() {
-  local limit=$1 what=$2; shift 2
+  local limit; limit=$(patient "$1"); local what=$2; shift 2
   local deadline=$(( $(date +%s) + limit )) last
   until last=$("$@" 2>&1); do
     [ "$(date +%s)" -lt "$deadline" ] || die "$what (waited ${limit}s; the last try said: ${last:-nothing})"
@@ -149,17 +172,17 @@ installed=0   # set once the suite runs helm: only then is there a release of it
 created_ns=0  # the suite created $NS
 cleanup() {
   [ "$installed" = 1 ] || return 0
-  kubectl delete namespace "$APP" --ignore-not-found --wait=true --timeout=180s >/dev/null 2>&1 ||
+  kubectl delete namespace "$APP" --ignore-not-found --wait=true --timeout="$(patient 180)s" >/dev/null 2>&1 ||
     echo "cleanup: namespace $APP is still terminating after 180 s" >&2
   if [ "${THINPOOL_E2E_KEEP:-0}" = 1 ]; then
     echo "cleanup: keeping release $RELEASE in namespace $NS (THINPOOL_E2E_KEEP=1)" >&2
     return 0
   fi
-  "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 3m >/dev/null 2>&1 ||
+  "$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout "$(patient 180)s" >/dev/null 2>&1 ||
     echo "cleanup: helm uninstall $RELEASE -n $NS failed or timed out" >&2
   # A namespace the user named and made beforehand is theirs to keep.
   if [ "$created_ns" = 1 ] || [ "$NS" = thinpool-csi-e2e ]; then
-    kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 ||
+    kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout="$(patient 120)s" >/dev/null 2>&1 ||
       echo "cleanup: namespace $NS is still terminating after 120 s" >&2
   fi
 }
@@ -197,7 +220,7 @@ install_values=("${set_image[@]}"
   --set "nodeGroups[0].name=e2e" --set "nodeGroups[0].pool.kind=loop"
   --set "nodeGroups[0].pool.loop.dataSize=${THINPOOL_E2E_LOOP_SIZE:-4Gi}"
   --set controller.staleAfter=60)
-helm_retrying upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout 5m \
+helm_retrying upgrade --install "$RELEASE" charts/thinpool-csi -n "$NS" --create-namespace --wait --timeout "$(patient 300)s" \
   "${install_values[@]}" || die "helm install"
 timing "helm install --wait" "$(elapsed "$t_install")"
 ok "helm install"
@@ -259,9 +282,9 @@ spec:
       volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
 EOF
-kubectl -n "$APP" wait --for=condition=Ready pod/writer --timeout=180s >/dev/null || die "writer pod not Ready"
+kubectl -n "$APP" wait --for=condition=Ready pod/writer --timeout="$(patient 180)s" >/dev/null || die "writer pod not Ready"
 timing "claim created -> pod Running (ext4)" "$(elapsed "$t_claim")"
-until_ok 30 "the file is written" kubectl -n "$APP" exec writer -- grep -q written-by-writer /data/hello
+until_ok 120 "the file is written" kubectl -n "$APP" exec writer -- grep -q written-by-writer /data/hello
 node=$(kubectl -n "$APP" get pod writer -o jsonpath='{.spec.nodeName}')
 pv=$(kubectl -n "$APP" get pvc data -o jsonpath='{.spec.volumeName}')
 handle=$(kubectl get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')
@@ -293,7 +316,7 @@ spec:
   containers: [{name: c, image: $WORKLOAD, command: ["sleep", "3600"], volumeMounts: [{name: d, mountPath: /d}]}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: probe}}]
 EOF
-t_pool=""; t_cap=""; deadline=$(( $(date +%s) + 120 ))
+t_pool=""; t_cap=""; deadline=$(( $(date +%s) + $(patient 120) ))
 while [ -z "$t_cap" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   [ -n "$t_pool" ] || { [ "$(allowed_of)" != "$before_pool" ] && t_pool=$(date +%s.%N); }
   [ -n "$t_pool" ] && [ "$(cap_of)" != "$before_cap" ] && t_cap=$(date +%s.%N)
@@ -347,7 +370,7 @@ spec:
       volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, persistentVolumeClaim: {claimName: restored}}]
 EOF
-kubectl -n "$APP" wait --for=condition=Ready pod/reader --timeout=180s >/dev/null || die "reader pod not Ready"
+kubectl -n "$APP" wait --for=condition=Ready pod/reader --timeout="$(patient 180)s" >/dev/null || die "reader pod not Ready"
 timing "restore claim created -> pod Running" "$(elapsed "$t_restore")"
 got=$(kubectl -n "$APP" exec reader -- cat /data/hello)
 [ "$got" = "written-by-writer" ] || die "restored volume holds '$got', not the snapshot's 'written-by-writer'"
@@ -494,15 +517,15 @@ until_ok 60 "the new leader updates capacity after a pool change" capacity_chang
 ok "capacity followed a new volume after the failover"
 
 step "helm upgrade with the same chart"
-helm_retrying upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout 5m >/dev/null || die "helm upgrade"
+helm_retrying upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout "$(patient 300)s" >/dev/null || die "helm upgrade"
 until_ok 60 "ThinPool $node rw" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
 kubectl -n "$APP" exec writer -- grep -q changed-after-snapshot /data/hello || die "data unreadable after the upgrade"
 ok "upgraded in place; volumes still mounted and readable"
 
 step "helm uninstall with volumes present loses nothing; a reinstall finds them"
-"$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout 3m >/dev/null || die "helm uninstall"
+"$HELM" uninstall "$RELEASE" -n "$NS" --wait --timeout "$(patient 180)s" >/dev/null || die "helm uninstall"
 kubectl -n "$APP" exec writer -- sh -c 'echo while-uninstalled >> /data/log && sync' || die "the mounted volume stopped working without the driver"
-helm_retrying install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout 5m "${install_values[@]}" >/dev/null ||
+helm_retrying install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout "$(patient 300)s" "${install_values[@]}" >/dev/null ||
   die "helm install after uninstall"
 until_ok 120 "ThinPool $node rw after the reinstall" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
 pod_on reread data
@@ -512,7 +535,7 @@ kubectl -n "$APP" exec reread -- grep -q changed-after-snapshot /data/hello || d
 ok "reinstalled: the volume mounts again in a new pod with everything written before and during"
 
 step "delete everything; the pools return to their first counts"
-kubectl delete namespace "$APP" --wait=true --timeout=180s >/dev/null || die "deleting the workload namespace"
+kubectl delete namespace "$APP" --wait=true --timeout="$(patient 300)s" >/dev/null || die "deleting the workload namespace"
 for n in $nodes; do
   until_ok 120 "ThinPool $n back to ${baseline[$n]} volumes/snapshots" \
     bash -c "[ \"\$(kubectl get thinpool '$n' -o jsonpath='{.status.volumes}/{.status.snapshots}')\" = '${baseline[$n]}' ]"

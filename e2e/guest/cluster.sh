@@ -219,6 +219,9 @@ kubectl -n kube-system patch deployment snapshot-controller --type=json -p '[
   {"op": "replace", "path": "/spec/replicas", "value": 1},
   {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "registry.k8s.io/sig-storage/snapshot-controller:v8.6.0"},
   {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--enable-distributed-snapshotting"}]' >/dev/null
+# Distributed snapshotting reads Nodes: the rule the stock RBAC leaves commented out (docs/install.md).
+kubectl patch clusterrole snapshot-controller-runner --type=json -p '[
+  {"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}}]' >/dev/null
 say "snapshot CRDs and snapshot-controller applied"
 # Helm validates the chart against the API server's OpenAPI document, which the emulated API
 # server takes long to build the first time (a cold request once timed out inside helm install).
@@ -227,5 +230,8 @@ say "OpenAPI document served"
 
 # --- the cluster suite, which installs the chart with helm
 export THINPOOL_E2E_WORKLOAD_IMAGE=thinpool-csi.local/busybox:debian
+# Everything under emulation takes minutes: a pod starts in 1-2 min, a snapshot is ready in 2-3.
+export THINPOOL_E2E_PATIENCE=4
+export THINPOOL_E2E_NODE_DIAGNOSTICS="bash $WS/e2e/guest/node-diagnostics.sh"
 bash "$WS/e2e/cluster/run.sh"
 say "done"

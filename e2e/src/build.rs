@@ -51,8 +51,11 @@ pub fn kernel_suite() -> Result<PathBuf> {
     cargo_executable(&["test", "-p", "thinpool-e2e", "--test", "kernel", "--no-run"], "kernel", "test")
 }
 
-pub fn bench() -> Result<PathBuf> {
-    cargo_executable(&["bench", "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
+/// The benchmark executable: optimised (`cargo bench`), or built with the test profile (`cargo
+/// test`), which shares the VM suite's compiled dependencies.
+pub fn bench(optimised: bool) -> Result<PathBuf> {
+    let command = if optimised { "bench" } else { "test" };
+    cargo_executable(&[command, "-p", "thinpool-e2e", "--bench", "pool", "--no-run"], "pool", "bench")
 }
 
 /// Builds csi-sanity (the kubernetes-csi conformance suite) at the version `e2e/sanity/go.mod`

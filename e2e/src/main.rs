@@ -35,6 +35,10 @@ enum Cmd {
         /// Operations per kind.
         #[arg(long, default_value_t = 200)]
         ops: u32,
+        /// Build the benchmark without optimisation, from what the VM suite already compiled: a
+        /// quick check that it still runs (CI); its numbers say nothing.
+        #[arg(long)]
+        smoke: bool,
     },
     /// Bring up a one-node Kubernetes cluster in the VM and run the cluster suite against it.
     Cluster,
@@ -92,10 +96,13 @@ fn run(cli: Cli) -> Result<()> {
             let script =
                 format!("export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
             // The control plane, containerd's images and the loop pool all live in the guest's memory.
-            vm::run_in_vm_with("cluster", &script, limit(2400), false, 8192, &[images])
+            vm::run_in_vm_with("cluster", &script, limit(3600), false, 8192, &[images])
         }
-        Cmd::Bench { ops } => {
-            let bench = build::bench()?;
+        Cmd::Bench { ops, smoke } => {
+            let bench = build::bench(!smoke)?;
+            if smoke {
+                println!("bench: an unoptimised smoke run; its numbers are not the benchmark's");
+            }
             let script = format!("{} --ops {ops}", bench.display());
             vm::run_in_vm("bench", &script, limit(2400), true)
         }
