@@ -173,7 +173,7 @@ created_ns=0  # the suite created $NS
 cleanup() {
   [ "$installed" = 1 ] || return 0
   kubectl delete namespace "$APP" --ignore-not-found --wait=true --timeout="$(patient 180)s" >/dev/null 2>&1 ||
-    echo "cleanup: namespace $APP is still terminating after 180 s" >&2
+    echo "cleanup: namespace $APP is still terminating after $(patient 180) s" >&2
   if [ "${THINPOOL_E2E_KEEP:-0}" = 1 ]; then
     echo "cleanup: keeping release $RELEASE in namespace $NS (THINPOOL_E2E_KEEP=1)" >&2
     return 0
@@ -183,7 +183,7 @@ cleanup() {
   # A namespace the user named and made beforehand is theirs to keep.
   if [ "$created_ns" = 1 ] || [ "$NS" = thinpool-csi-e2e ]; then
     kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout="$(patient 120)s" >/dev/null 2>&1 ||
-      echo "cleanup: namespace $NS is still terminating after 120 s" >&2
+      echo "cleanup: namespace $NS is still terminating after $(patient 120) s" >&2
   fi
 }
 trap cleanup EXIT
@@ -284,7 +284,7 @@ spec:
 EOF
 kubectl -n "$APP" wait --for=condition=Ready pod/writer --timeout="$(patient 180)s" >/dev/null || die "writer pod not Ready"
 timing "claim created -> pod Running (ext4)" "$(elapsed "$t_claim")"
-until_ok 120 "the file is written" kubectl -n "$APP" exec writer -- grep -q written-by-writer /data/hello
+until_ok 30 "the file is written" kubectl -n "$APP" exec writer -- grep -q written-by-writer /data/hello
 node=$(kubectl -n "$APP" get pod writer -o jsonpath='{.spec.nodeName}')
 pv=$(kubectl -n "$APP" get pvc data -o jsonpath='{.spec.volumeName}')
 handle=$(kubectl get pv "$pv" -o jsonpath='{.spec.csi.volumeHandle}')
