@@ -15,8 +15,9 @@ volumes() {
 }
 echo "--- containers: volumes and processes as each sees them"
 ctr tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { print $1, $2 }' | while read -r id pid; do
-	pod=$(ctr containers info "$id" 2>/dev/null | sed -n 's/.*"io.kubernetes.pod.name": "\([^"]*\)".*/\1/p' | head -1)
-	name=$(ctr containers info "$id" 2>/dev/null | sed -n 's/.*"io.kubernetes.container.name": "\([^"]*\)".*/\1/p' | head -1)
+	info=$(ctr containers info "$id" 2>/dev/null)
+	pod=$(sed -n 's/.*"io.kubernetes.pod.name": "\([^"]*\)".*/\1/p' <<<"$info" | head -1)
+	name=$(sed -n 's/.*"io.kubernetes.container.name": "\([^"]*\)".*/\1/p' <<<"$info" | head -1)
 	[[ -n $name && $name != POD ]] || continue
 	echo "- pod $pod, container $name (pid $pid)"
 	volumes "$pid"
