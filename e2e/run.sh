@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # thinpool-csi's entry points. Works on a fresh Debian 12 machine with a Rust toolchain:
 #   e2e/run.sh demo    a volume, a snapshot and a restore on a loop pool, in a VM with real dm-thin
-#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, and the
-#                      cluster suite when KUBECONFIG is set
+#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, 50 power
+#                      cuts, a seeded fuzz run, and the cluster suite when KUBECONFIG is set
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
 #                      with Helm, and the cluster suite against it (not yet part of `test`)
@@ -32,6 +32,11 @@ case "${1:-}" in
     echo "== unit tests (no root)"; cargo test -q --workspace
     echo "== chart and manifests"; bash e2e/chart/check.sh
     echo "== VM suite (real device-mapper)"; cargo run -q -p thinpool-e2e -- vm
+    # CUTS, FUZZ_SECONDS and SEED change the defaults below (the seed is printed either way).
+    echo "== power cuts (the VM killed at random moments, persistent disks)"
+    cargo run -q -p thinpool-e2e -- powercut --cuts "${CUTS:-50}" ${SEED:+--seed "$SEED"}
+    echo "== fuzz (every target, seeded, from the committed corpus)"
+    SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}" bash e2e/fuzz.sh
     # The cluster in the VM (e2e/run.sh cluster) is not part of this yet: with its cold Go and image
     # builds it would take CI past its 90 minutes (README, "CI"). The suite runs here against a
     # cluster of yours when KUBECONFIG is set.

@@ -7,17 +7,29 @@ use crate::dm::{loopback, lvm, DmError};
 use crate::engine::{Engine, EngineError, StartupReport};
 use crate::store::Store;
 
-pub fn open_pool(spec: &PoolSpec) -> Result<KernelPool, DmError> {
+/// Opens the pool; `grow` (the node plugin only) grows a loop pool to its configured data size.
+pub fn open_pool(spec: &PoolSpec, grow: bool) -> Result<KernelPool, DmError> {
     match spec {
-        PoolSpec::Loop(l) => loopback::open_or_create(l),
+        PoolSpec::Loop(l) => loopback::open_or_create(l, grow),
         PoolSpec::DirectLvm { vg, lv } => lvm::adopt(vg, lv),
         PoolSpec::Device { device, vg, lv } => lvm::open_on_device(device, vg, lv),
     }
 }
 
-/// Opens the pool first: a pool that cannot be opened leaves no state directory behind.
+/// Opens the pool first: a pool that cannot be opened leaves no state directory behind. Never
+/// changes the pool's size (operator commands, tests).
 pub fn open_engine(cfg: &NodeConfig) -> Result<(Engine<KernelPool>, StartupReport), EngineError> {
-    let pool = open_pool(&cfg.pool)?;
+    open(cfg, false)
+}
+
+/// The node plugin's open: as [`open_engine`], but a loop pool whose configured data size was
+/// raised is grown to it first (the operator's way to grow a loop pool).
+pub fn open_node_engine(cfg: &NodeConfig) -> Result<(Engine<KernelPool>, StartupReport), EngineError> {
+    open(cfg, true)
+}
+
+fn open(cfg: &NodeConfig, grow: bool) -> Result<(Engine<KernelPool>, StartupReport), EngineError> {
+    let pool = open_pool(&cfg.pool, grow)?;
     let store = Store::open(&cfg.state_dir)?;
     Engine::open(pool, store, cfg.limits)
 }

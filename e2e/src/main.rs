@@ -5,8 +5,10 @@
 //! - `bench`: create/snapshot/delete latency against LVM on the same kind of pool.
 //! - `cluster`: a one-node Kubernetes cluster in the VM, the chart installed with Helm, and the
 //!   cluster suite run against it (after `e2e/cluster/build.sh` and `e2e/cluster/images.sh`).
+//! - `powercut`: a guest on persistent disks killed at random moments, checked after every boot.
 
 mod build;
+mod powercut;
 mod vm;
 
 use std::time::Duration;
@@ -42,6 +44,15 @@ enum Cmd {
     },
     /// Bring up a one-node Kubernetes cluster in the VM and run the cluster suite against it.
     Cluster,
+    /// Kill the guest at random moments of a workload on persistent disks; check after each boot.
+    Powercut {
+        /// Power cuts (boots that are killed); one more boot checks at the end.
+        #[arg(long, default_value_t = 50)]
+        cuts: u32,
+        /// Seed of the cut times and the workload [default: from the clock, printed].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +108,12 @@ fn run(cli: Cli) -> Result<()> {
                 format!("export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
             // The control plane, containerd's images and the loop pool all live in the guest's memory.
             vm::run_in_vm_with("cluster", &script, limit(3600), false, 8192, &[images])
+        }
+        Cmd::Powercut { cuts, seed } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+            });
+            powercut::run(cuts, seed)
         }
         Cmd::Bench { ops, smoke } => {
             let bench = build::bench(!smoke)?;

@@ -182,7 +182,7 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
         print!("{}", checked.render(output)?);
         return Ok(());
     }
-    let (engine, report) = crate::open::open_engine(&config)?;
+    let (engine, report) = crate::open::open_node_engine(&config)?;
     tracing::info!(?report, node = %args.node_id, "pool open and recovered");
     let engine = Arc::new(engine);
     let _retrier = DeferredRetrier::start(engine.clone(), Duration::from_secs(args.deferred_delete_interval.max(1)))?;

@@ -6,6 +6,8 @@ pub mod capabilities;
 pub mod capability_endpoint;
 pub mod controller;
 pub mod error;
+#[cfg(any(test, feature = "test-double"))]
+pub mod fuzzing;
 pub mod guard;
 pub mod identity;
 pub mod lookup;

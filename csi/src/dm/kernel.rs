@@ -20,7 +20,7 @@ pub(crate) fn lib_err(op: impl Into<String>) -> impl FnOnce(LibError) -> DmError
     }
 }
 
-fn dm_name(name: &str) -> Result<&DmName, DmError> {
+pub(crate) fn dm_name(name: &str) -> Result<&DmName, DmError> {
     DmName::new(name).map_err(lib_err(format!("name {name:?}")))
 }
 
@@ -38,6 +38,19 @@ fn single_target(dm: &DM, name: &str, table: bool) -> Result<(String, String), D
     )?;
     match targets.as_slice() {
         [(_, _, kind, params)] => Ok((kind.clone(), params.clone())),
+        _ => Err(DmError::NotAThinPool { name: name.to_owned(), found: format!("{} targets", targets.len()) }),
+    }
+}
+
+/// An active pool's table and its length in sectors.
+pub(crate) fn pool_table(dm: &DM, name: &str) -> Result<(u64, PoolTable), DmError> {
+    let flags = DmFlags::DM_NOFLUSH | DmFlags::DM_STATUS_TABLE;
+    let (_, targets) = dm
+        .table_status(&DevId::Name(dm_name(name)?), DmOptions::default().set_flags(flags))
+        .map_err(lib_err(format!("table of {name}")))?;
+    match targets.as_slice() {
+        [(_, length, kind, params)] if kind == "thin-pool" => Ok((*length, params.parse()?)),
+        [(_, _, kind, _)] => Err(DmError::NotAThinPool { name: name.to_owned(), found: kind.clone() }),
         _ => Err(DmError::NotAThinPool { name: name.to_owned(), found: format!("{} targets", targets.len()) }),
     }
 }

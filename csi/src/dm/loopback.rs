@@ -1,7 +1,11 @@
 //! The loop pool: sparse data and metadata files on loop devices, like Docker's loop-lvm, for
-//! trying the driver out. Opening is idempotent: an active pool of that name is adopted as is;
-//! otherwise the files are created (new pool) or reattached (existing pool) and the thin-pool
-//! table is loaded with block zeroing on.
+//! trying the driver out. Opening is idempotent: an active pool of that name is adopted; otherwise
+//! the files are created (new pool) or reattached (existing pool). Only the node plugin, which owns
+//! the pool, opens it with `grow`: then a configured data size larger than the pool's grows it in
+//! place (an operator command run with other flags never does). The thin-pool table is loaded with
+//! block zeroing on and `error_if_no_space`: a write that finds the pool full fails at once instead of
+//! queueing for the kernel's `no_space_timeout` (60 s), so nothing waits on a pool that cannot grow
+//! by itself (docs/troubleshooting.md, "Pool or metadata full").
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -9,7 +13,7 @@ use std::path::Path;
 use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
 use loopdev::{LoopControl, LoopDevice};
 
-use super::kernel::{lib_err, KernelPool};
+use super::kernel::{devnode_of, dm_name, lib_err, pool_table, KernelPool};
 use super::status::PoolTable;
 use super::{DmError, PoolKind};
 use crate::config::LoopSpec;
@@ -35,10 +39,17 @@ fn source_of(spec: &LoopSpec) -> String {
     spec.dir.display().to_string()
 }
 
-/// Opens the loop pool named in `spec`, creating its files the first time.
-pub fn open_or_create(spec: &LoopSpec) -> Result<KernelPool, DmError> {
+/// Opens the loop pool named in `spec`, creating its files the first time; with `grow`, grows it
+/// to `spec.data_bytes` when that is larger than the pool.
+pub fn open_or_create(spec: &LoopSpec, grow: bool) -> Result<KernelPool, DmError> {
     match KernelPool::open(&spec.name, PoolKind::Loop, source_of(spec)) {
         Err(DmError::NoSuchPool(_)) => {}
+        Ok(pool) => {
+            if grow {
+                grow_active(spec)?;
+            }
+            return Ok(pool);
+        }
         other => return other,
     }
     std::fs::create_dir_all(&spec.dir).map_err(DmError::io(format!("creating {}", spec.dir.display())))?;
@@ -60,7 +71,7 @@ pub fn open_or_create(spec: &LoopSpec) -> Result<KernelPool, DmError> {
             .open(path)
             .map_err(DmError::io(format!("opening {}", path.display())))?;
         let len = f.metadata().map_err(DmError::io(format!("stat {}", path.display())))?.len();
-        if len < size {
+        if len < size && (fresh || grow) {
             // A new file is sparse and reads as zeros: that is a valid empty metadata device.
             f.set_len(size).map_err(DmError::io(format!("sizing {}", path.display())))?;
         }
@@ -74,15 +85,73 @@ pub fn open_or_create(spec: &LoopSpec) -> Result<KernelPool, DmError> {
         meta_dev: majmin(&meta_dev)?,
         data_dev: majmin(&data_dev)?,
         block_sectors,
-        // Low-water mark: 10 % of the data blocks.
-        low_water_blocks: data_sectors / block_sectors / 10,
-        features: vec![],
+        low_water_blocks: low_water(data_sectors, block_sectors),
+        features: vec![ERROR_IF_NO_SPACE.to_owned()],
     };
     create_pool_device(&spec.name, data_sectors, &table)?;
     tracing::info!(pool = %spec.name, fresh, data_bytes = data_len, "loop pool activated");
     // The loop devices autoclear: the pool device holds them open, and they go when it goes.
     drop((meta_dev, data_dev));
     KernelPool::open(&spec.name, PoolKind::Loop, source_of(spec))
+}
+
+/// The thin-pool feature that fails writes at once when the pool is full (see the module doc).
+pub const ERROR_IF_NO_SPACE: &str = "error_if_no_space";
+
+/// Low-water mark: 10 % of the data blocks (the kernel raises an event below it).
+fn low_water(data_sectors: u64, block_sectors: u64) -> u64 {
+    data_sectors / block_sectors / 10
+}
+
+/// Grows an active loop pool to `spec.data_bytes` when that is now larger (the operator raised
+/// `--loop-data-size`, the chart's `pool.loop.dataSize`): the data file is extended, its loop
+/// device re-reads its size (LOOP_SET_CAPACITY), and the pool's table is reloaded with the new
+/// length and resumed. dm-thin leaves out_of_data_space on that resume, so writes go on without
+/// anything else restarting. Never shrinks. A pool whose data device is not this spec's data file
+/// is left as it is, with a warning.
+fn grow_active(spec: &LoopSpec) -> Result<(), DmError> {
+    let dm = DM::new().map_err(lib_err("opening /dev/mapper/control"))?;
+    let (sectors, table) = pool_table(&dm, &spec.name)?;
+    let block_sectors = table.block_sectors.max(1);
+    let wanted = spec.data_bytes / SECTOR / block_sectors * block_sectors;
+    if wanted <= sectors {
+        return Ok(());
+    }
+    let data = spec.dir.join("data.img");
+    let sysfs = format!("/sys/dev/block/{}/loop/backing_file", table.data_dev);
+    let backing = std::fs::read_to_string(&sysfs).map_err(DmError::io(format!("reading {sysfs}")))?;
+    if Path::new(backing.trim()) != data {
+        tracing::warn!(
+            pool = %spec.name,
+            data_device = %table.data_dev,
+            backing = backing.trim(),
+            expected = %data.display(),
+            "the active pool's data device is not this pool's data file: not growing it"
+        );
+        return Ok(());
+    }
+    let file =
+        OpenOptions::new().write(true).open(&data).map_err(DmError::io(format!("opening {}", data.display())))?;
+    let len = file.metadata().map_err(DmError::io(format!("stat {}", data.display())))?.len();
+    if len < spec.data_bytes {
+        file.set_len(spec.data_bytes).map_err(DmError::io(format!("growing {}", data.display())))?;
+        file.sync_all().map_err(DmError::io(format!("syncing {}", data.display())))?;
+    }
+    let node = devnode_of(&table.data_dev)?;
+    LoopDevice::open(&node)
+        .and_then(|d| d.set_capacity())
+        .map_err(DmError::io(format!("telling {} its new size", node.display())))?;
+    let grown = PoolTable { low_water_blocks: low_water(wanted, block_sectors), ..table };
+    let id = DevId::Name(dm_name(&spec.name)?);
+    dm.table_load(&id, &[(0, wanted, "thin-pool".to_owned(), grown.to_string())], DmOptions::default())
+        .map_err(lib_err(format!("load grown table {grown} into {}", spec.name)))?;
+    // Resuming a device with a loaded table suspends it, swaps the tables and resumes it.
+    if let Err(e) = dm.device_suspend(&id, DmOptions::default()) {
+        let _ = dm.table_clear(&id);
+        return Err(lib_err(format!("resume {} with its grown table", spec.name))(e));
+    }
+    tracing::info!(pool = %spec.name, from_bytes = sectors * SECTOR, to_bytes = wanted * SECTOR, "loop pool grown");
+    Ok(())
 }
 
 /// Creates and resumes a thin-pool dm device with `table`.

@@ -86,6 +86,12 @@ impl MemoryPool {
     pub fn message_count(&self) -> u64 {
         self.st().messages
     }
+    /// Everything a pool change alters (transaction id, thin ids, active devices, message count):
+    /// equal fingerprints mean nothing was changed in between.
+    pub fn fingerprint(&self) -> String {
+        let st = self.st();
+        format!("tid={} messages={} thins={:?} active={:?}", st.tid, st.messages, st.thins, st.active)
+    }
     pub fn is_active(&self, id: ThinId) -> bool {
         self.st().active.contains_key(&id)
     }

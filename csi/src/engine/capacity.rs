@@ -117,6 +117,8 @@ pub fn capacity(status: &PoolStatus, block_bytes: u64, provisioned_bytes: u64, l
     };
     cap.refusal = if s.needs_check {
         Some(Refusal::NeedsCheck)
+    } else if cap.state == PoolState::OutOfDataSpace {
+        Some(Refusal::OutOfDataSpace)
     } else if cap.state != PoolState::Rw {
         Some(Refusal::PoolMode { mode: cap.state.to_string() })
     } else if cap.data_fill_pct() > limits.data_fill_limit_pct {
@@ -190,7 +192,8 @@ mod tests {
         let mut oods = status(16384, 16384, 10, 1000);
         oods.mode = PoolMode::OutOfDataSpace;
         let c = capacity(&PoolStatus::Working(oods), BLOCK, 0, &LIMITS);
-        assert_eq!(c.state, PoolState::OutOfDataSpace);
+        assert_eq!((c.state, c.allowed_new_bytes), (PoolState::OutOfDataSpace, 0));
+        assert_eq!(c.admit(1), Err(Refusal::OutOfDataSpace));
     }
 
     #[test]

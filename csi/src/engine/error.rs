@@ -17,6 +17,8 @@ pub enum Refusal {
     DataFill { fill_pct: f64, limit_pct: f64 },
     #[error("pool metadata is {fill_pct:.1}% full, above the {limit_pct}% limit; grow the metadata device")]
     MetadataFill { fill_pct: f64, limit_pct: f64 },
+    #[error("pool ran out of data space (out_of_data_space): writes that need new blocks fail; grow the pool (lvextend for direct-lvm, a larger loop data size) or delete volumes and snapshots")]
+    OutOfDataSpace,
     #[error("pool is in {mode} mode, not rw; see `thinpool-csi pool status`")]
     PoolMode { mode: String },
     #[error("pool needs a metadata check (needs_check); run thin_check/thin_repair on it offline")]

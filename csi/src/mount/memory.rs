@@ -37,6 +37,15 @@ impl MemoryMounter {
     pub fn grows(&self) -> u32 {
         self.st().grows
     }
+    /// Every mount, signature, path and size it holds, and its format and grow counts: equal
+    /// fingerprints mean nothing was changed in between.
+    pub fn fingerprint(&self) -> String {
+        let st = self.st();
+        format!(
+            "mounts={:?} signatures={:?} paths={:?} sizes={:?} formats={} grows={}",
+            st.mounts, st.signatures, st.paths, st.sizes, st.formats, st.grows
+        )
+    }
     pub fn mount_count(&self) -> usize {
         self.st().mounts.len()
     }

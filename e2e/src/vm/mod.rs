@@ -34,24 +34,52 @@ pub fn run_in_vm_with(
     memory_mib: u32,
     disks: &[PathBuf],
 ) -> Result<()> {
-    let cache = target_dir().join("vm");
-    std::fs::create_dir_all(&cache)?;
-    let cache = cache.canonicalize()?;
-    let kernel = kernel::ensure(&cache)?;
-    let initramfs = initramfs::ensure(&cache, &kernel)?;
-    let share = cache.join("runs").join(name);
-    let _ = std::fs::remove_dir_all(&share);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
-    let guest = qemu::Guest {
-        kernel: &kernel,
-        initramfs: &initramfs,
-        share,
-        memory_mib,
-        disks,
-        timeout,
-        workspace,
-        kernel_lines,
-    };
-    eprintln!("e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)", kernel.version, timeout.as_secs());
-    guest.run(script)?.check(name, timeout)
+    let boot = Boot { name, script, timeout, kernel_lines, memory_mib, disks, persistent: &[], cut: None };
+    boot.run()?.check(name, timeout)
+}
+
+/// One boot of the guest, with everything [`run_in_vm_with`] takes plus persistent disks and a
+/// power cut (the power-cut suite).
+pub struct Boot<'a> {
+    pub name: &'a str,
+    pub script: &'a str,
+    pub timeout: Duration,
+    pub kernel_lines: bool,
+    pub memory_mib: u32,
+    pub disks: &'a [PathBuf],
+    pub persistent: &'a [PathBuf],
+    pub cut: Option<Duration>,
+}
+
+impl Boot<'_> {
+    /// Boots, runs the script, and says how the guest ended.
+    pub fn run(&self) -> Result<qemu::Outcome> {
+        let Boot { name, script, timeout, kernel_lines, memory_mib, disks, persistent, cut } = *self;
+        let cache = target_dir().join("vm");
+        std::fs::create_dir_all(&cache)?;
+        let cache = cache.canonicalize()?;
+        let kernel = kernel::ensure(&cache)?;
+        let initramfs = initramfs::ensure(&cache, &kernel)?;
+        let share = cache.join("runs").join(name);
+        let _ = std::fs::remove_dir_all(&share);
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
+        let guest = qemu::Guest {
+            kernel: &kernel,
+            initramfs: &initramfs,
+            share,
+            memory_mib,
+            disks,
+            persistent,
+            cut,
+            timeout,
+            workspace,
+            kernel_lines,
+        };
+        eprintln!(
+            "e2e: booting Debian kernel {} under qemu for `{name}` (limit {}s)",
+            kernel.version,
+            timeout.as_secs()
+        );
+        guest.run(script)
+    }
 }

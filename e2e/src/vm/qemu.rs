@@ -19,6 +19,12 @@ pub struct Guest<'a> {
     /// Disk images attached as virtio disks, copy-on-write (`snapshot=on`: the guest's writes go to
     /// a temporary file and the image never changes).
     pub disks: &'a [PathBuf],
+    /// Disk images attached after those, written for real: they outlive the guest (the power-cut
+    /// suite). The guest's flushes reach the host's disk; what the guest had not yet handed to its
+    /// virtual disk is lost when qemu is killed.
+    pub persistent: &'a [PathBuf],
+    /// Kill qemu (SIGKILL, a power cut) this long after the guest creates `armed` in the share.
+    pub cut: Option<Duration>,
     /// The host directory holding everything the guest runs (the workspace); kept visible
     /// even when it lies under /tmp, which the guest replaces with its own tmpfs.
     pub workspace: PathBuf,
@@ -60,6 +66,8 @@ pub enum Outcome {
     Exited(i32),
     TimedOut,
     NoExitCode,
+    /// Killed by the harness as asked (`Guest::cut`).
+    Cut,
 }
 
 impl Guest<'_> {
@@ -90,6 +98,9 @@ impl Guest<'_> {
         let mut qemu = Command::new("qemu-system-x86_64");
         for disk in self.disks {
             qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,snapshot=on", disk.display()));
+        }
+        for disk in self.persistent {
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=writeback", disk.display()));
         }
         let mut child = qemu
             .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
@@ -132,22 +143,36 @@ impl Guest<'_> {
         let _ = std::fs::remove_file(&output_file);
         let mut shown = 0usize;
         let start = Instant::now();
-        let timed_out = loop {
+        let armed_file = share.join("armed");
+        let _ = std::fs::remove_file(&armed_file);
+        let mut armed: Option<Instant> = None;
+        let ended = loop {
             shown = show_new_output(&output_file, shown);
             if child.try_wait()?.is_some() {
                 show_new_output(&output_file, shown);
-                break false;
+                break None;
             }
             if start.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                break true;
+                break Some(Outcome::TimedOut);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if let Some(delay) = self.cut {
+                if armed.is_none() && armed_file.exists() {
+                    armed = Some(Instant::now());
+                }
+                if armed.is_some_and(|t| t.elapsed() >= delay) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    show_new_output(&output_file, shown);
+                    break Some(Outcome::Cut);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(if armed.is_some() { 10 } else { 100 }));
         };
         let _ = pump.join();
-        if timed_out {
-            return Ok(Outcome::TimedOut);
+        if let Some(outcome) = ended {
+            return Ok(outcome);
         }
         match std::fs::read_to_string(&exit_file) {
             Ok(s) => Ok(Outcome::Exited(s.trim().parse().context("bad exit-code file")?)),
@@ -163,6 +188,7 @@ impl Outcome {
             Outcome::Exited(0) => Ok(()),
             Outcome::Exited(code) => bail!("{what} failed in the VM (exit code {code})"),
             Outcome::TimedOut => bail!("{what}: the VM did not finish within {}s and was killed", timeout.as_secs()),
+            Outcome::Cut => bail!("{what}: the VM was cut off"),
             Outcome::NoExitCode => bail!(
                 "{what}: the VM stopped without reporting an exit code (guest crash or panic; see the console above)"
             ),

@@ -31,6 +31,8 @@ pub struct Plugin {
     /// The CSI socket (`unix://` + this is the endpoint).
     pub socket: PathBuf,
     pub metrics_port: u16,
+    /// The loop pool's data size (`--loop-data-size`); a restart with a larger one grows the pool.
+    pub data_size: String,
     /// Flags beyond the fixture's own.
     extra: Vec<String>,
 }
@@ -44,6 +46,10 @@ impl Plugin {
     }
 
     pub fn start_with(test: &str, extra: &[String]) -> Result<Self> {
+        Self::start_sized(test, "2Gi", extra)
+    }
+
+    pub fn start_sized(test: &str, data_size: &str, extra: &[String]) -> Result<Self> {
         let root = Path::new("/tmp/e2e").join(test);
         let pool = format!("e2e-{test}");
         teardown_pool(&pool);
@@ -57,6 +63,7 @@ impl Plugin {
             root,
             pool,
             metrics_port,
+            data_size: data_size.to_owned(),
             extra: extra.to_vec(),
         };
         p.spawn()?;
@@ -74,7 +81,7 @@ impl Plugin {
                 "--pool",
                 "loop",
                 "--loop-data-size",
-                "2Gi",
+                &self.data_size,
                 "--deferred-delete-interval",
                 "1",
             ])
@@ -126,6 +133,12 @@ impl Plugin {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("plugin.log")).unwrap_or_default()
+    }
+
+    /// Stops the plugin with SIGTERM and starts it again, as a changed DaemonSet replaces its pod.
+    pub fn replace(&mut self) -> Result {
+        self.stop()?;
+        self.spawn()
     }
 
     /// Kills the plugin (SIGKILL, as a crash or an OOM kill would) and starts it again.
@@ -183,29 +196,29 @@ async fn unix_channel(path: PathBuf) -> Result<Channel> {
         .await?)
 }
 
-fn rt() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn rt() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn mount_cap(fs: &str) -> proto::VolumeCapability {
+pub(crate) fn mount_cap(fs: &str) -> proto::VolumeCapability {
     proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
         access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
     }
 }
 
-fn block_cap() -> proto::VolumeCapability {
+pub(crate) fn block_cap() -> proto::VolumeCapability {
     proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     }
 }
 
-fn id(name: &str) -> String {
+pub(crate) fn id(name: &str) -> String {
     format!("{name}@{NODE}")
 }
 
-fn create(
+pub(crate) fn create(
     name: &str,
     bytes: i64,
     cap: proto::VolumeCapability,
@@ -220,7 +233,7 @@ fn create(
     }
 }
 
-fn code<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
+pub(crate) fn code<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
     match r {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
@@ -726,7 +739,7 @@ pub fn csi_pagination() -> Result {
 }
 
 /// GET over plain HTTP/1.0 on loopback: (status code, body).
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -738,7 +751,7 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

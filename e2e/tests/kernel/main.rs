@@ -6,9 +6,11 @@
 mod crash;
 mod csi;
 mod fixture;
+mod full;
 mod isolation;
 mod lifecycle;
 mod lvm;
+mod powercut;
 mod sanity;
 
 use std::process::ExitCode;
@@ -42,6 +44,7 @@ const TESTS: &[Test] = &[
     ("csi_pagination", csi::csi_pagination),
     ("csi_metrics_scrape", csi::csi_metrics_scrape),
     ("csi_kubelet_registration", csi::csi_kubelet_registration),
+    ("full_pool_fails_fast_then_grows_back", full::full_pool_fails_fast_then_grows_back),
     ("csi_sanity_mount", sanity::csi_sanity_mount),
     ("csi_sanity_block", sanity::csi_sanity_block),
 ];
@@ -49,6 +52,9 @@ const TESTS: &[Test] = &[
 fn main() -> ExitCode {
     if std::env::var_os(crash::CHILD_ENV).is_some() {
         return crash::child_main();
+    }
+    if std::env::var_os(powercut::ENV).is_some() {
+        return powercut::cycle_main();
     }
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let selected: Vec<&Test> =
