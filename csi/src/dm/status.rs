@@ -205,7 +205,8 @@ impl FromStr for PoolTable {
             None => vec![],
             Some(n) => {
                 let n: usize = n.parse().map_err(|_| err(line, "feature count is not numeric"))?;
-                if f.len() != 5 + n {
+                // `f` has at least 5 fields here; `5 + n` could overflow on a huge count.
+                if f.len() - 5 != n {
                     return Err(err(line, format!("feature count {n} does not match the fields that follow")));
                 }
                 f[5..].iter().map(|s| s.to_string()).collect()
@@ -284,6 +285,14 @@ mod tests {
         ] {
             assert!(bad.parse::<PoolStatus>().is_err(), "{bad:?}");
         }
+    }
+
+    /// Found by the parsers fuzz target: a feature count near usize::MAX overflowed `5 + n`.
+    #[test]
+    fn a_huge_feature_count_is_refused() {
+        let line = format!("253:1 253:2 128 32768 {} a b", usize::MAX);
+        assert!(line.parse::<PoolTable>().is_err());
+        assert!(format!("253:1 253:2 128 32768 {}", usize::MAX - 4).parse::<PoolTable>().is_err());
     }
 
     #[test]
