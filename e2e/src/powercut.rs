@@ -9,6 +9,7 @@
 //! accepted writes is not simulated.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -89,9 +90,7 @@ pub fn run(cuts: u32, seed: u64) -> Result<()> {
         let outcome = boot.run()?;
         let share = vm::target_dir().join("vm/runs/powercut/ledger");
         let lines = std::fs::read_to_string(&share).unwrap_or_default();
-        let mut all = std::fs::read_to_string(&ledger)?;
-        all.push_str(&lines);
-        std::fs::write(&ledger, &all)?;
+        std::fs::OpenOptions::new().append(true).open(&ledger)?.write_all(lines.as_bytes())?;
         match outcome {
             Outcome::Cut => *landed.entry(landed_in(&lines)).or_default() += 1,
             Outcome::Exited(0) if last => {}

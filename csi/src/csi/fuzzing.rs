@@ -169,15 +169,20 @@ type D = Driver<MemoryPool, MemoryMounter>;
 
 /// A node plugin over a fresh in-memory pool and mounter, its records in `dir`.
 pub struct Harness {
-    driver: Arc<D>,
-    identity: IdentityService<MemoryPool, MemoryMounter>,
-    ctl: Arc<ControllerService<MemoryPool, MemoryMounter>>,
-    node: Arc<NodeService<MemoryPool, MemoryMounter>>,
+    pub(crate) driver: Arc<D>,
+    pub(crate) identity: IdentityService<MemoryPool, MemoryMounter>,
+    pub(crate) ctl: Arc<ControllerService<MemoryPool, MemoryMounter>>,
+    pub(crate) node: Arc<NodeService<MemoryPool, MemoryMounter>>,
 }
 
 impl Harness {
-    /// A 10 GiB pool, overprovisioning 2x, records in `dir` (which must be empty).
+    /// A 10 GiB pool, overprovisioning 2x, records in `dir` (which must be empty), on [`NODE`].
     pub fn new(dir: &Path) -> Result<Self, Violation> {
+        Self::on(dir, NODE)
+    }
+
+    /// [`Harness::new`] on node `node` (the CSI unit tests' fixture too).
+    pub(crate) fn on(dir: &Path, node: &str) -> Result<Self, Violation> {
         let store = Store::open(dir).map_err(|e| Violation::Setup(e.to_string()))?;
         let limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
         let (engine, _) =
@@ -185,7 +190,7 @@ impl Harness {
         let driver = Arc::new(Driver {
             engine: Arc::new(engine),
             mounter: Arc::new(MemoryMounter::default()),
-            node_id: NODE.into(),
+            node_id: node.into(),
             kubelet_dir: "/var/lib/kubelet".into(),
             max_volumes_per_node: 1000,
             in_flight: Default::default(),

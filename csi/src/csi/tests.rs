@@ -12,14 +12,11 @@ use super::node::NodeService;
 use super::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume};
 use super::proto::{self, controller_server::Controller, identity_server::Identity, node_server::Node};
 use super::{validate, Driver};
-use crate::config::Limits;
 use crate::dm::memory::MemoryPool;
 use crate::dm::PoolMode;
-use crate::engine::Engine;
 use crate::mount::memory::MemoryMounter;
 use crate::mount::Mounter;
 use crate::shared::TOPOLOGY_KEY;
-use crate::store::Store;
 
 const NODE: &str = "node-1";
 const KUBELET: &str = "/var/lib/kubelet";
@@ -41,25 +38,8 @@ fn fixture() -> Fixture {
 
 fn fixture_on(node: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let limits = Limits { overprovision_ratio: 2.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 };
-    let (engine, _) = Engine::open(MemoryPool::new(10 << 30), Store::open(dir.path()).unwrap(), limits).unwrap();
-    let driver = Arc::new(Driver {
-        engine: Arc::new(engine),
-        mounter: Arc::new(MemoryMounter::default()),
-        node_id: node.into(),
-        kubelet_dir: KUBELET.into(),
-        max_volumes_per_node: 1000,
-        in_flight: Default::default(),
-        metrics: Arc::new(crate::metrics::NodeMetrics::new().unwrap()),
-        changed: Default::default(),
-    });
-    Fixture {
-        identity: IdentityService { driver: driver.clone() },
-        ctl: Arc::new(ControllerService { driver: driver.clone() }),
-        node: Arc::new(NodeService { driver: driver.clone() }),
-        driver,
-        _dir: dir,
-    }
+    let h = super::fuzzing::Harness::on(dir.path(), node).unwrap();
+    Fixture { driver: h.driver, identity: h.identity, ctl: h.ctl, node: h.node, _dir: dir }
 }
 
 fn mount_cap(fs: &str) -> proto::VolumeCapability {

@@ -24,8 +24,9 @@ pub(crate) fn dm_name(name: &str) -> Result<&DmName, DmError> {
     DmName::new(name).map_err(lib_err(format!("name {name:?}")))
 }
 
-/// Reads a device's single target: (target type, params), with or without the table flag.
-fn single_target(dm: &DM, name: &str, table: bool) -> Result<(String, String), DmError> {
+/// Reads a device's single target: (length in sectors, target type, params), with or without the
+/// table flag.
+fn single_target(dm: &DM, name: &str, table: bool) -> Result<(u64, String, String), DmError> {
     let mut flags = DmFlags::DM_NOFLUSH;
     if table {
         flags |= DmFlags::DM_STATUS_TABLE;
@@ -37,21 +38,16 @@ fn single_target(dm: &DM, name: &str, table: bool) -> Result<(String, String), D
         },
     )?;
     match targets.as_slice() {
-        [(_, _, kind, params)] => Ok((kind.clone(), params.clone())),
+        [(_, length, kind, params)] => Ok((*length, kind.clone(), params.clone())),
         _ => Err(DmError::NotAThinPool { name: name.to_owned(), found: format!("{} targets", targets.len()) }),
     }
 }
 
 /// An active pool's table and its length in sectors.
 pub(crate) fn pool_table(dm: &DM, name: &str) -> Result<(u64, PoolTable), DmError> {
-    let flags = DmFlags::DM_NOFLUSH | DmFlags::DM_STATUS_TABLE;
-    let (_, targets) = dm
-        .table_status(&DevId::Name(dm_name(name)?), DmOptions::default().set_flags(flags))
-        .map_err(lib_err(format!("table of {name}")))?;
-    match targets.as_slice() {
-        [(_, length, kind, params)] if kind == "thin-pool" => Ok((*length, params.parse()?)),
-        [(_, _, kind, _)] => Err(DmError::NotAThinPool { name: name.to_owned(), found: kind.clone() }),
-        _ => Err(DmError::NotAThinPool { name: name.to_owned(), found: format!("{} targets", targets.len()) }),
+    match single_target(dm, name, true)? {
+        (length, kind, params) if kind == "thin-pool" => Ok((length, params.parse()?)),
+        (_, kind, _) => Err(DmError::NotAThinPool { name: name.to_owned(), found: kind }),
     }
 }
 
@@ -79,11 +75,7 @@ impl KernelPool {
     /// Opens an existing, active thin-pool dm device by name.
     pub fn open(dm_name_str: &str, kind: PoolKind, source: String) -> Result<Self, DmError> {
         let dm = DM::new().map_err(lib_err("opening /dev/mapper/control (is dm_mod loaded and are we root?)"))?;
-        let (kind_found, params) = single_target(&dm, dm_name_str, true)?;
-        if kind_found != "thin-pool" {
-            return Err(DmError::NotAThinPool { name: dm_name_str.to_owned(), found: kind_found });
-        }
-        let table: PoolTable = params.parse()?;
+        let (_, table) = pool_table(&dm, dm_name_str)?;
         let info = dm.device_info(&DevId::Name(dm_name(dm_name_str)?)).map_err(lib_err("device info"))?;
         let dev = info.device();
         Ok(KernelPool {
@@ -149,7 +141,7 @@ impl ThinPool for KernelPool {
     }
 
     fn status(&self) -> Result<PoolStatus, DmError> {
-        let (kind, params) = single_target(&self.dm, &self.info.dm_name, false)?;
+        let (_, kind, params) = single_target(&self.dm, &self.info.dm_name, false)?;
         if kind != "thin-pool" {
             return Err(DmError::NotAThinPool { name: self.info.dm_name.clone(), found: kind });
         }
@@ -264,7 +256,7 @@ impl ThinPool for KernelPool {
         if self.thin_info(id)?.is_none() {
             return Ok(None);
         }
-        let (_, params) = single_target(&self.dm, &self.name_of(id), false)?;
+        let (_, _, params) = single_target(&self.dm, &self.name_of(id), false)?;
         Ok(super::status::parse_thin_mapped_sectors(&params))
     }
 

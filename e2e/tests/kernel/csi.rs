@@ -185,7 +185,7 @@ impl Drop for Plugin {
 }
 
 /// A gRPC channel over a unix socket, as the sidecars and the kubelet dial the plugin.
-async fn unix_channel(path: PathBuf) -> Result<Channel> {
+pub(crate) async fn unix_channel(path: PathBuf) -> Result<Channel> {
     Ok(tonic::transport::Endpoint::try_from("http://[::1]:50051")?
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();

@@ -24,7 +24,7 @@ use thinpool_csi::csi::proto;
 use thinpool_csi::engine::Engine;
 use thinpool_csi::store::{Kind, Source};
 
-use crate::csi::{create, mount_cap};
+use crate::csi::{create, mount_cap, unix_channel};
 use crate::fixture::*;
 
 pub const ENV: &str = "THINPOOL_E2E_POWERCUT";
@@ -245,11 +245,7 @@ type Clients = (
 );
 
 async fn clients() -> Result<Clients> {
-    let channel = tonic::transport::Endpoint::try_from("http://[::1]:50051")?
-        .connect_with_connector(tower::service_fn(|_: tonic::transport::Uri| async {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(SOCKET).await?))
-        }))
-        .await?;
+    let channel = unix_channel(SOCKET.into()).await?;
     Ok((proto::controller_client::ControllerClient::new(channel.clone()), proto::node_client::NodeClient::new(channel)))
 }
 
