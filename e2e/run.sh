@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # thinpool-csi's entry points. Works on a fresh Debian 12 machine with a Rust toolchain:
 #   e2e/run.sh demo    a volume, a snapshot and a restore on a loop pool, in a VM with real dm-thin
-#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, 50 power
-#                      cuts, a seeded fuzz run, and the cluster suite when KUBECONFIG is set
+#   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, the chart's
+#                      alerts on its scrapes, 50 power cuts, a seeded fuzz run, and the cluster
+#                      suite when KUBECONFIG is set
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
 #                      with Helm, and the cluster suite against it (not yet part of `test`)
@@ -32,6 +33,8 @@ case "${1:-}" in
     echo "== unit tests (no root)"; cargo test -q --workspace
     echo "== chart and manifests"; bash e2e/chart/check.sh
     echo "== VM suite (real device-mapper)"; cargo run -q -p thinpool-e2e -- vm
+    echo "== the chart's alerts, evaluated by Prometheus's rule engine on the VM suite's scrapes"
+    (cd e2e/alerts && go test -count=1 ./...)
     # CUTS, FUZZ_SECONDS and SEED change the defaults below (the seed is printed either way).
     echo "== power cuts (the VM killed at random moments, persistent disks)"
     cargo run -q -p thinpool-e2e -- powercut --cuts "${CUTS:-50}" ${SEED:+--seed "$SEED"}

@@ -65,6 +65,55 @@ pub struct PoolArgs {
     pub metadata_fill_limit: f64,
 }
 
+/// Automatic extension of an LVM-backed pool (`grow`), off unless a threshold is given.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AutoExtendArgs {
+    /// Grow an LVM-backed pool (direct-lvm, device) by itself once its data or metadata fill
+    /// reaches this percentage: 50 to 95, or 0 for never (the default).
+    #[arg(long, env = "THINPOOL_CSI_AUTO_EXTEND_THRESHOLD", default_value_t = 0)]
+    pub auto_extend_threshold: u8,
+    /// Each automatic growth adds this percentage of the part's size (1 to 100).
+    #[arg(long, env = "THINPOOL_CSI_AUTO_EXTEND_PERCENT", default_value_t = 20)]
+    pub auto_extend_percent: u16,
+    /// The largest the pool's data may grow to, e.g. 500Gi ("": as far as the volume group allows).
+    #[arg(long, env = "THINPOOL_CSI_AUTO_EXTEND_MAX_SIZE", default_value = "")]
+    pub auto_extend_max_size: String,
+}
+
+impl AutoExtendArgs {
+    /// The policy, or `None` when off. Refused for a loop pool (grow it with a larger
+    /// --loop-data-size) and for values out of range.
+    pub fn validate(&self, pool: &PoolSpec) -> Result<Option<crate::grow::plan::Policy>, ConfigError> {
+        use crate::grow::plan::{Policy, MAX_THRESHOLD_PCT, MIN_THRESHOLD_PCT};
+        let t = self.auto_extend_threshold;
+        if t == 0 {
+            return Ok(None);
+        }
+        if !(MIN_THRESHOLD_PCT..=MAX_THRESHOLD_PCT).contains(&t) {
+            return Err(invalid(
+                "auto-extend-threshold",
+                t,
+                format!("must be 0 (off) or a percentage from {MIN_THRESHOLD_PCT} to {MAX_THRESHOLD_PCT}"),
+            ));
+        }
+        if matches!(pool, PoolSpec::Loop(_)) {
+            return Err(invalid(
+                "auto-extend-threshold",
+                t,
+                "automatic extension grows LVM-backed pools (--pool direct-lvm or device); grow a loop pool with a larger --loop-data-size",
+            ));
+        }
+        if !(1..=100).contains(&self.auto_extend_percent) {
+            return Err(invalid("auto-extend-percent", self.auto_extend_percent, "must be from 1 to 100"));
+        }
+        let max_data_bytes = match self.auto_extend_max_size.trim() {
+            "" => None,
+            v => Some(parse_size(v).map_err(|e| invalid("auto-extend-max-size", v, e.to_string()))?),
+        };
+        Ok(Some(Policy { threshold_pct: t, step_pct: self.auto_extend_percent, max_data_bytes }))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LoopSpec {
     pub dir: PathBuf,
@@ -314,6 +363,42 @@ mod tests {
         assert!(parse(&["--loop-metadata-size", "1Mi"]).is_err());
         assert!(parse(&["--pool-name", "a/b"]).is_err());
         assert!(parse(&["--state-dir", "relative"]).is_err());
+    }
+
+    #[test]
+    fn auto_extension_is_off_by_default_and_checked() {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            pool: PoolArgs,
+            #[command(flatten)]
+            grow: AutoExtendArgs,
+        }
+        let check = |args: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(args);
+            let cli = Cli::parse_from(all);
+            let cfg = cli.pool.validate().unwrap();
+            cli.grow.validate(&cfg.pool)
+        };
+        let lvm = ["--pool", "direct-lvm", "--lvm-pool", "vg/pool"];
+        assert_eq!(check(&lvm), Ok(None));
+        let on = check(&[&lvm[..], &["--auto-extend-threshold", "80", "--auto-extend-max-size", "100Gi"][..]].concat());
+        let p = on.unwrap().unwrap();
+        assert_eq!((p.threshold_pct, p.step_pct, p.max_data_bytes), (80, 20, Some(100 << 30)));
+        for (args, says) in [
+            (vec!["--auto-extend-threshold", "80"], "grow a loop pool with a larger --loop-data-size"),
+            ([&lvm[..], &["--auto-extend-threshold", "30"][..]].concat(), "from 50 to 95"),
+            ([&lvm[..], &["--auto-extend-threshold", "99"][..]].concat(), "from 50 to 95"),
+            (
+                [&lvm[..], &["--auto-extend-threshold", "80", "--auto-extend-percent", "0"][..]].concat(),
+                "from 1 to 100",
+            ),
+            ([&lvm[..], &["--auto-extend-threshold", "80", "--auto-extend-max-size", "lots"][..]].concat(), "max-size"),
+        ] {
+            let err = check(&args).unwrap_err().to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
     }
 
     #[test]

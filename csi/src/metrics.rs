@@ -48,6 +48,9 @@ pub struct NodeMetrics {
     missing: IntGauge,
     registered: IntGauge,
     registration_failures: IntCounter,
+    extensions: IntCounterVec,
+    extension_failures: IntCounter,
+    extension_blocked: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
@@ -96,7 +99,27 @@ impl NodeMetrics {
             "Times the kubelet refused to register the driver (NotifyRegistrationStatus false).",
         )?;
         r.register(Box::new(registration_failures.clone()))?;
+        let extensions = IntCounterVec::new(
+            Opts::new(
+                "thinpool_pool_extensions_total",
+                "Automatic growths of the pool's LVs, by part (data, metadata).",
+            ),
+            &["part"],
+        )?;
+        r.register(Box::new(extensions.clone()))?;
+        let extension_failures = IntCounter::new(
+            "thinpool_pool_extension_failures_total",
+            "Automatic growths that failed (vgs or lvextend).",
+        )?;
+        r.register(Box::new(extension_failures.clone()))?;
         Ok(NodeMetrics {
+            extension_blocked: gauge(
+                &r,
+                "thinpool_pool_extension_blocked",
+                "1 while the pool is above its auto-extend threshold and cannot grow (at its maximum, no free extent, lvextend failing).",
+            )?,
+            extensions,
+            extension_failures,
             registered: gauge(&r, "thinpool_kubelet_registered", "1 while the kubelet has the driver registered.")?,
             registration_failures,
             data_total: gauge(&r, "thinpool_pool_data_total_bytes", "Size of the pool's data device.")?,
@@ -179,6 +202,19 @@ impl NodeMetrics {
 
     pub fn registration_failed(&self) {
         self.registration_failures.inc();
+    }
+
+    /// One automatic growth of `part`.
+    pub fn extended(&self, part: crate::grow::plan::Part) {
+        self.extensions.with_label_values(&[&part.to_string()]).inc();
+    }
+
+    pub fn extension_failed(&self) {
+        self.extension_failures.inc();
+    }
+
+    pub fn set_extension_blocked(&self, blocked: bool) {
+        self.extension_blocked.set(i64::from(blocked));
     }
 
     /// The text exposition of every metric.

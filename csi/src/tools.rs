@@ -37,6 +37,7 @@ pub const RUNTIME_PROGRAMS: &[(&str, &str)] = &[
     ("vgcreate", "lvm2"),
     ("lvcreate", "lvm2"),
     ("lvconvert", "lvm2"),
+    ("lvextend", "lvm2"),
     ("blkid", "util-linux"),
     ("wipefs", "util-linux"),
     ("thin_dump", "thin-provisioning-tools"),

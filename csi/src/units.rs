@@ -67,6 +67,17 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A size exactly, in the largest binary unit that divides it (`1280Mi`, `2Gi`, `4097`): what a
+/// person can paste back into a size flag. For LVM sizes, always whole extents.
+pub fn exact_bytes(bytes: u64) -> String {
+    for (shift, unit) in [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")] {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SizeParseError {
     #[error("size {0:?} is not a number with an optional unit (K, M, G, T, Ki, Mi, Gi, Ti)")]
@@ -110,6 +121,16 @@ mod tests {
         assert_eq!(ThinId::new(MAX_THIN_ID + 1), Err(ThinIdRange(MAX_THIN_ID + 1)));
         assert!(serde_json::from_str::<ThinId>("16777216").is_err());
         assert_eq!(serde_json::from_str::<ThinId>("7").unwrap().get(), 7);
+    }
+
+    #[test]
+    fn exact_sizes_parse_back() {
+        for (b, text) in
+            [(0, "0"), (4097, "4097"), (1280 << 20, "1280Mi"), (2 << 30, "2Gi"), (3 << 40, "3Ti"), (1 << 10, "1Ki")]
+        {
+            assert_eq!(exact_bytes(b), text);
+            assert_eq!(parse_size(text), Ok(b));
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ bytes() {
     n = q; sub(/[A-Za-z]+$/, "", n); u = substr(q, length(n) + 1)
     m["Ki"]=2^10; m["Mi"]=2^20; m["Gi"]=2^30; m["Ti"]=2^40; m["k"]=1e3; m["M"]=1e6; m["G"]=1e9; m["T"]=1e12; m[""]=1
     if (!(u in m)) exit 1
-    printf "%d", n * m[u] }'
+    printf "%.0f", n * m[u] }'
 }
 # quantity_is WANT KUBECTL-ARGS...: the quantity `kubectl ARGS` prints equals WANT by value (the API
 # server may write 1073741824 as 1Gi).

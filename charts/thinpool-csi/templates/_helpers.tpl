@@ -49,6 +49,11 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 {{- $_ := set $pool $k (index $own $k) -}}
 {{- end -}}
 {{- end -}}
+{{- /* A group's autoExtend.enabled: false must win over a chart-wide true (false is a zero value). */ -}}
+{{- $ownGrow := $own.autoExtend | default dict -}}
+{{- if and (kindIs "map" $ownGrow) (hasKey $ownGrow "enabled") -}}
+{{- $_ := set $pool.autoExtend "enabled" $ownGrow.enabled -}}
+{{- end -}}
 {{- if not $pool.kind -}}
 {{- fail (printf "nodeGroups %s: no pool configured: set pool.kind to loop (a trial), direct-lvm (an existing LVM thin pool) or device (an empty disk)" $g.name) -}}
 {{- end -}}
@@ -81,6 +86,24 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 {{- $v := index $pool $k -}}
 {{- if or (not (include "thinpool-csi.isNumber" $v)) (le (float64 $v) 0.0) (gt (float64 $v) 100.0) -}}
 {{- fail (printf "nodeGroups %s: pool.%s %v must be a percentage above 0 and at most 100" $g.name $k $v) -}}
+{{- end -}}
+{{- end -}}
+{{- $grow := $pool.autoExtend | default dict -}}
+{{- if $grow.enabled -}}
+{{- if eq $pool.kind "loop" -}}
+{{- fail (printf "nodeGroups %s: pool.autoExtend grows LVM-backed pools (direct-lvm, device); a loop pool grows when pool.loop.dataSize is raised" $g.name) -}}
+{{- end -}}
+{{- $t := $grow.threshold -}}
+{{- if or (not (include "thinpool-csi.isNumber" $t)) (lt (float64 $t) 50.0) (gt (float64 $t) 95.0) (ne (float64 $t) (float64 (int64 $t))) -}}
+{{- fail (printf "nodeGroups %s: pool.autoExtend.threshold %v must be a whole percentage from 50 to 95" $g.name $t) -}}
+{{- end -}}
+{{- $p := $grow.percent -}}
+{{- if or (not (include "thinpool-csi.isNumber" $p)) (lt (float64 $p) 1.0) (gt (float64 $p) 100.0) (ne (float64 $p) (float64 (int64 $p))) -}}
+{{- fail (printf "nodeGroups %s: pool.autoExtend.percent %v must be a whole percentage from 1 to 100" $g.name $p) -}}
+{{- end -}}
+{{- $max := ($grow.maxSize | default "") | toString -}}
+{{- if and $max (not (regexMatch "^[0-9]+(B|K|k|KB|M|MB|G|GB|T|TB|Ki|KiB|Mi|MiB|Gi|GiB|Ti|TiB)?$" $max)) -}}
+{{- fail (printf "nodeGroups %s: pool.autoExtend.maxSize %q must be a size such as 500Gi, or empty for no limit" $g.name $max) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $pool -}}
@@ -118,6 +141,15 @@ Called with (dict "root" $ "group" $group); returns the merged pool as YAML.
 - --overprovision-ratio={{ .overprovisionRatio }}
 - --data-fill-limit={{ .dataFillLimit }}
 - --metadata-fill-limit={{ .metadataFillLimit }}
+{{- with .autoExtend }}
+{{- if .enabled }}
+- --auto-extend-threshold={{ .threshold | int64 }}
+- --auto-extend-percent={{ .percent | int64 }}
+{{- if .maxSize }}
+- --auto-extend-max-size={{ .maxSize }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Checks that concern all node groups together. */}}

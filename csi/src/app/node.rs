@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::OutputFormat;
-use crate::config::{NodeConfig, PoolArgs};
+use crate::config::{AutoExtendArgs, NodeConfig, PoolArgs, PoolSpec};
 use crate::csi::server::{bind, serve, socket_path};
 use crate::csi::Driver;
 use crate::engine::deferred::DeferredRetrier;
@@ -66,6 +66,8 @@ pub struct NodeArgs {
     pub check_config: bool,
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    pub grow: AutoExtendArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,7 @@ struct CheckedNode<'a> {
     delete_orphans_after_secs: u64,
     registration_socket: Option<&'a Path>,
     kubelet_registration_path: &'a Path,
+    auto_extend: Option<crate::grow::plan::Policy>,
 }
 
 impl CheckedNode<'_> {
@@ -129,6 +132,7 @@ impl CheckedNode<'_> {
                 },
             ),
             ("orphaned volumes", orphans),
+            ("automatic extension", self.auto_extend.map_or("off".to_owned(), |p| p.to_string())),
             (
                 "kubelet registration",
                 self.registration_socket
@@ -166,6 +170,7 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
         return Err(NodeArgsError::RegistrationPath(args.kubelet_registration_path).into());
     }
     let config = args.pool.validate()?;
+    let auto_extend = args.grow.validate(&config.pool)?;
     if args.check_config {
         let checked = CheckedNode {
             node: &args.node_id,
@@ -178,6 +183,7 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
             delete_orphans_after_secs: args.delete_orphans_after,
             registration_socket: registration_socket.as_deref(),
             kubelet_registration_path: &args.kubelet_registration_path,
+            auto_extend,
         };
         print!("{}", checked.render(output)?);
         return Ok(());
@@ -188,6 +194,16 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
     let _retrier = DeferredRetrier::start(engine.clone(), Duration::from_secs(args.deferred_delete_interval.max(1)))?;
     let metrics = Arc::new(crate::metrics::NodeMetrics::new()?);
     let changed = Arc::new(tokio::sync::Notify::new());
+    let grow_log = match (auto_extend, &config.pool) {
+        (Some(policy), PoolSpec::DirectLvm { vg, lv } | PoolSpec::Device { vg, lv, .. }) => {
+            let log = Arc::new(crate::grow::GrowLog::new(&policy));
+            let lvm = crate::grow::Lvm { vg: vg.clone(), lv: lv.clone() };
+            let extender = crate::grow::Extender::new(policy, lvm, log.clone(), Some(metrics.clone()));
+            crate::grow::spawn(engine.clone(), extender, changed.clone())?;
+            Some(log)
+        }
+        _ => None,
+    };
     let limits = config.limits;
     let node_name = args.node_id.clone();
     let driver = Arc::new(Driver {
@@ -219,7 +235,7 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
                         limits,
                         changed,
                         timing,
-                        Some(metrics.clone()),
+                        crate::k8s::publisher::Reporting { metrics: Some(metrics.clone()), grow: grow_log },
                     ));
                 }
                 Err(e) => {

@@ -191,6 +191,41 @@ pub fn setup(device: &str, vg: &str, lv: &str, force: bool) -> Result<SetupRepor
     Ok(SetupReport { device: device.to_owned(), vg: vg.to_owned(), lv: lv.to_owned(), plan })
 }
 
+/// The VG's extent size and free extents, from `vgs --units b -o vg_extent_size,vg_free_count`.
+pub fn parse_vg_room(vgs_output: &str) -> Option<crate::grow::plan::VgRoom> {
+    let mut f = vgs_output.split_whitespace();
+    let extent_bytes = f.next()?.parse().ok().filter(|&e: &u64| e > 0)?;
+    let free_extents = f.next()?.parse().ok()?;
+    Some(crate::grow::plan::VgRoom { extent_bytes, free_extents })
+}
+
+/// How much room `vg` has for its pool to grow.
+pub fn vg_room(vg: &str) -> Result<crate::grow::plan::VgRoom, DmError> {
+    let out =
+        tools::lvm("vgs", &["--noheadings", "--nosuffix", "--units", "b", "-o", "vg_extent_size,vg_free_count", vg])?;
+    parse_vg_room(&out)
+        .ok_or_else(|| DmError::Config(format!("vgs printed an unreadable extent size or free count {out:?}")))
+}
+
+/// The `lvextend` arguments that grow the pool `vg/lv` as planned (sizes are whole extents).
+pub fn extend_args(vg: &str, lv: &str, growth: &crate::grow::plan::Growth) -> Vec<String> {
+    use crate::grow::plan::Part;
+    let pool = format!("{vg}/{lv}");
+    match growth.part {
+        Part::Data => vec!["-L".into(), format!("{}b", growth.to_bytes), pool],
+        Part::Metadata => vec!["--poolmetadatasize".into(), format!("{}b", growth.to_bytes), pool],
+    }
+}
+
+/// Grows one part of the pool with `lvextend`: LVM resizes the LV and reloads the pool's table
+/// (a suspend and resume the kernel makes safe for the thin devices on it).
+pub fn extend(vg: &str, lv: &str, growth: &crate::grow::plan::Growth) -> Result<(), DmError> {
+    let args = extend_args(vg, lv, growth);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tools::lvm("lvextend", &args)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +259,19 @@ mod tests {
                 d => panic!("{dev}: {d:?}"),
             }
         }
+    }
+
+    #[test]
+    fn vg_room_and_extend_arguments() {
+        use crate::grow::plan::{Growth, Part, VgRoom};
+        assert_eq!(parse_vg_room("  4194304   12\n"), Some(VgRoom { extent_bytes: 4 << 20, free_extents: 12 }));
+        assert_eq!(parse_vg_room("  0 12"), None);
+        assert_eq!(parse_vg_room("  4194304"), None);
+        assert_eq!(parse_vg_room(""), None);
+        let data = Growth { part: Part::Data, from_bytes: 1 << 30, to_bytes: 2 << 30 };
+        assert_eq!(extend_args("vg", "pool", &data), ["-L", "2147483648b", "vg/pool"]);
+        let meta = Growth { part: Part::Metadata, from_bytes: 4 << 20, to_bytes: 8 << 20 };
+        assert_eq!(extend_args("vg", "pool", &meta), ["--poolmetadatasize", "8388608b", "vg/pool"]);
     }
 
     #[test]

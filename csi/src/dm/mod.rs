@@ -3,6 +3,7 @@
 //! crate; [`loopback`] and [`lvm`] open or build the pool it works on; [`memory::MemoryPool`]
 //! is an in-memory test double for the layers above (never a mode a user can run).
 
+pub mod events;
 pub mod kernel;
 pub mod loopback;
 pub mod lvm;

@@ -206,6 +206,13 @@ impl<P: ThinPool> Engine<P> {
         &self.pool
     }
 
+    /// Runs `f` while no pool change is in progress and none can start: for steps outside the
+    /// engine that suspend the pool (LVM growing it), so that no message meets a suspended pool.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = self.lock();
+        f()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

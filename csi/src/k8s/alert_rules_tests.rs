@@ -116,6 +116,7 @@ fn alert_rules_name_only_exported_metrics() {
         "ThinPoolMetadataFillCritical",
         "ThinPoolReadOnly",
         "ThinPoolNeedsCheck",
+        "ThinPoolAutoExtendBlocked",
         "ThinPoolStale",
         "ThinPoolOrphanedVolumes",
     ] {

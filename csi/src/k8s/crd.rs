@@ -87,6 +87,9 @@ pub struct ThinPoolStatus {
     pub missing_volumes: Vec<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Automatic extension of an LVM-backed pool, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_extend: Option<crate::grow::Summary>,
 }
 
 /// The CRD as YAML.

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Api;
 use tokio::sync::Notify;
 
@@ -18,8 +20,9 @@ use crate::engine::Engine;
 
 pub const FIELD_MANAGER: &str = "thinpool-csi-node";
 
-/// Applies the pool's object (named after the node) and then its status.
-pub async fn publish(api: &Api<ThinPool>, node: &str, status: &ThinPoolStatus) -> Result<(), kube::Error> {
+/// Applies the pool's object (named after the node) and then its status; returns the object's
+/// uid (Events about the pool need it).
+pub async fn publish(api: &Api<ThinPool>, node: &str, status: &ThinPoolStatus) -> Result<Option<String>, kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let object = serde_json::json!({
         "apiVersion": "thinpool.csi.io/v1alpha1",
@@ -27,7 +30,7 @@ pub async fn publish(api: &Api<ThinPool>, node: &str, status: &ThinPoolStatus) -
         "metadata": { "name": node },
         "spec": { "nodeName": node },
     });
-    api.patch(node, &params, &Patch::Apply(&object)).await?;
+    let uid = api.patch(node, &params, &Patch::Apply(&object)).await?.metadata.uid;
     let with_status = serde_json::json!({
         "apiVersion": "thinpool.csi.io/v1alpha1",
         "kind": "ThinPool",
@@ -35,7 +38,31 @@ pub async fn publish(api: &Api<ThinPool>, node: &str, status: &ThinPoolStatus) -
         "status": status,
     });
     api.patch_status(node, &params, &Patch::Apply(&with_status)).await?;
-    Ok(())
+    Ok(uid)
+}
+
+/// What the publisher reports besides the pool itself.
+#[derive(Clone, Default)]
+pub struct Reporting {
+    pub metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    /// Automatic extension, when it is on: its status, and its Events to post.
+    pub grow: Option<Arc<crate::grow::GrowLog>>,
+}
+
+/// Posts the automatic extension's Events on the pool; one the API refuses is logged and dropped.
+async fn post_notices(recorder: &Recorder, reference: &ObjectReference, notices: Vec<crate::grow::Notice>) {
+    for n in notices {
+        let event = Event {
+            type_: if n.warning { EventType::Warning } else { EventType::Normal },
+            reason: n.reason.to_owned(),
+            note: Some(n.note),
+            action: "Extend".into(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, reference).await {
+            tracing::warn!(error = %err, reason = n.reason, "posting an Event about the pool");
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -118,8 +145,12 @@ pub async fn run<P: Pool + 'static>(
     limits: Limits,
     changed: Arc<Notify>,
     timing: Timing,
-    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    reporting: Reporting,
 ) {
+    let recorder = Recorder::new(
+        api.clone().into_client(),
+        Reporter { controller: FIELD_MANAGER.into(), instance: Some(node.clone()) },
+    );
     let mut previous: Option<ThinPoolStatus> = None;
     let mut backoff = timing.retry_min;
     let mut tracker = super::orphans::OrphanTracker::default();
@@ -131,12 +162,20 @@ pub async fn run<P: Pool + 'static>(
                 if let Some(grace) = timing.delete_orphans_after {
                     delete_orphans(&engine, &mut tracker, &orphans.orphaned, grace).await;
                 }
-                if let Some(m) = &metrics {
+                if let Some(m) = &reporting.metrics {
                     m.set_orphans(orphans.orphaned.len(), orphans.missing.len());
                 }
-                let s = status::from_report(&node, &report, &limits, orphans, previous.as_ref(), &status::now());
+                let mut s = status::from_report(&node, &report, &limits, orphans, previous.as_ref(), &status::now());
+                s.auto_extend = reporting.grow.as_ref().map(|g| g.summary());
                 match publish(&api, &node, &s).await {
-                    Ok(()) => {
+                    Ok(uid) => {
+                        if let Some(g) = &reporting.grow {
+                            let notices = g.take_notices();
+                            if !notices.is_empty() {
+                                let reference = super::controller::pool_reference(&node, uid.as_ref());
+                                post_notices(&recorder, &reference, notices).await;
+                            }
+                        }
                         previous = Some(s);
                         backoff = timing.retry_min;
                         timing.heartbeat
@@ -226,7 +265,15 @@ mod tests {
             retry_max: Duration::from_millis(40),
             delete_orphans_after: None,
         };
-        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), changed.clone(), timing, None));
+        let task = tokio::spawn(run(
+            api,
+            "node-1".into(),
+            e.clone(),
+            Limits::default(),
+            changed.clone(),
+            timing,
+            Reporting::default(),
+        ));
 
         // The API fails first; the publisher retries on its own.
         expect(&mut handle, PVS, StatusCode::OK).await;
@@ -260,7 +307,15 @@ mod tests {
         e.create_volume("orphan", 1 << 30, None).unwrap();
         e.create_volume("gone", 1 << 30, None).unwrap(); // the mock's PV references gone@node-1
         let timing = Timing { delete_orphans_after: Some(Duration::ZERO), ..Timing::default() };
-        let task = tokio::spawn(run(api, "node-1".into(), e.clone(), Limits::default(), Arc::default(), timing, None));
+        let task = tokio::spawn(run(
+            api,
+            "node-1".into(),
+            e.clone(),
+            Limits::default(),
+            Arc::default(),
+            timing,
+            Reporting::default(),
+        ));
         expect(&mut handle, PVS, StatusCode::OK).await;
         expect(&mut handle, OBJ, StatusCode::OK).await;
         expect(&mut handle, STATUS, StatusCode::OK).await;
@@ -283,7 +338,7 @@ mod tests {
             Limits::default(),
             changed.clone(),
             Timing::default(),
-            None,
+            Reporting::default(),
         ));
         // The mock never answers; the engine and the notification still work at once.
         for i in 0..5 {

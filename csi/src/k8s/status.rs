@@ -140,6 +140,7 @@ pub fn from_report(
         orphaned_volumes: orphans.orphaned,
         missing_volumes: orphans.missing,
         conditions,
+        auto_extend: None,
     }
 }
 

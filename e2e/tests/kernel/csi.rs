@@ -23,6 +23,9 @@ const NODE: &str = "vm-node";
 const GIB: i64 = 1 << 30;
 const MIB_I: i64 = 1 << 20;
 
+/// One client of each service, on one connection.
+pub type Clients = (IdentityClient<Channel>, ControllerClient<Channel>, NodeClient<Channel>);
+
 pub struct Plugin {
     child: Option<Child>,
     root: PathBuf,
@@ -33,6 +36,8 @@ pub struct Plugin {
     pub metrics_port: u16,
     /// The loop pool's data size (`--loop-data-size`); a restart with a larger one grows the pool.
     pub data_size: String,
+    /// An LVM thin pool `vg/lv` to adopt (`--pool direct-lvm`) instead of the loop pool.
+    lvm_pool: Option<String>,
     /// Flags beyond the fixture's own.
     extra: Vec<String>,
 }
@@ -50,6 +55,15 @@ impl Plugin {
     }
 
     pub fn start_sized(test: &str, data_size: &str, extra: &[String]) -> Result<Self> {
+        Self::start_on(test, data_size, None, extra)
+    }
+
+    /// The plugin on the LVM thin pool `vg_lv` (direct-lvm).
+    pub fn start_lvm(test: &str, vg_lv: &str, extra: &[String]) -> Result<Self> {
+        Self::start_on(test, "2Gi", Some(vg_lv.to_owned()), extra)
+    }
+
+    fn start_on(test: &str, data_size: &str, lvm_pool: Option<String>, extra: &[String]) -> Result<Self> {
         let root = Path::new("/tmp/e2e").join(test);
         let pool = format!("e2e-{test}");
         teardown_pool(&pool);
@@ -64,6 +78,7 @@ impl Plugin {
             pool,
             metrics_port,
             data_size: data_size.to_owned(),
+            lvm_pool,
             extra: extra.to_vec(),
         };
         p.spawn()?;
@@ -74,25 +89,12 @@ impl Plugin {
         let bin = std::env::var("THINPOOL_CSI_BIN").map_err(|_| "THINPOOL_CSI_BIN is not set")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("plugin.log"))?;
         let child = Command::new(bin)
-            .args([
-                "node",
-                "--node-id",
-                NODE,
-                "--pool",
-                "loop",
-                "--loop-data-size",
-                &self.data_size,
-                "--deferred-delete-interval",
-                "1",
-            ])
+            .args(["node", "--node-id", NODE, "--deferred-delete-interval", "1"])
+            .args(self.pool_flags())
             .arg("--endpoint")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--kubelet-dir")
             .arg(&self.kubelet)
-            .arg("--state-dir")
-            .arg(self.root.join("state"))
-            .arg("--pool-name")
-            .arg(&self.pool)
             .arg("--metrics-address")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(&self.extra)
@@ -113,6 +115,30 @@ impl Plugin {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// The pool flags the plugin runs with (state directory, pool kind and size).
+    fn pool_flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> = match &self.lvm_pool {
+            Some(vg_lv) => vec!["--pool".into(), "direct-lvm".into(), "--lvm-pool".into(), vg_lv.clone()],
+            None => vec!["--pool".into(), "loop".into(), "--loop-data-size".into(), self.data_size.clone()],
+        };
+        flags.extend(["--state-dir".into(), self.root.join("state").display().to_string()]);
+        flags.extend(["--pool-name".into(), self.pool.clone()]);
+        flags
+    }
+
+    /// The configuration those flags mean, for opening the plugin's pool and records in the test
+    /// once the plugin has stopped (as `thinpool-csi pool check` would).
+    pub fn config(&self) -> Result<thinpool_csi::config::NodeConfig> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            pool: thinpool_csi::config::PoolArgs,
+        }
+        let args = std::iter::once("plugin".to_owned()).chain(self.pool_flags());
+        Ok(Flags::try_parse_from(args)?.pool.validate()?)
     }
 
     /// Stops the plugin as the kubelet does a pod: SIGTERM, then waits for it to exit.
@@ -150,7 +176,7 @@ impl Plugin {
         self.spawn()
     }
 
-    pub async fn clients(&self) -> Result<(IdentityClient<Channel>, ControllerClient<Channel>, NodeClient<Channel>)> {
+    pub async fn clients(&self) -> Result<Clients> {
         let channel = unix_channel(self.socket.clone()).await?;
         Ok((IdentityClient::new(channel.clone()), ControllerClient::new(channel.clone()), NodeClient::new(channel)))
     }
@@ -158,6 +184,11 @@ impl Plugin {
     pub fn pool_tid(&self) -> Result<u64> {
         let status = sh(&format!("dmsetup status {}", self.pool))?;
         Ok(status.split_whitespace().nth(3).ok_or("pool status")?.parse()?)
+    }
+
+    /// Where the kubelet would publish the block volume `name` for a pod.
+    pub fn block_target(&self, name: &str) -> String {
+        format!("{}/plugins/kubernetes.io/csi/volumeDevices/publish/{name}/pod-1", self.kubelet.display())
     }
 
     pub fn staging(&self, name: &str) -> String {
@@ -231,6 +262,38 @@ pub(crate) fn create(
         volume_content_source: source.map(|t| proto::VolumeContentSource { r#type: Some(t) }),
         ..Default::default()
     }
+}
+
+/// Stages and publishes the block volume `name` at `staging` and `target`, as the kubelet does.
+pub(crate) async fn publish_block(node: &mut NodeClient<Channel>, name: &str, staging: &str, target: &str) -> Result {
+    node.node_stage_volume(proto::NodeStageVolumeRequest {
+        volume_id: id(name),
+        staging_target_path: staging.into(),
+        volume_capability: Some(block_cap()),
+        ..Default::default()
+    })
+    .await?;
+    node.node_publish_volume(proto::NodePublishVolumeRequest {
+        volume_id: id(name),
+        staging_target_path: staging.into(),
+        target_path: target.into(),
+        volume_capability: Some(block_cap()),
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Undoes [`publish_block`].
+pub(crate) async fn unpublish_block(node: &mut NodeClient<Channel>, name: &str, staging: &str, target: &str) -> Result {
+    node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest { volume_id: id(name), target_path: target.into() })
+        .await?;
+    node.node_unstage_volume(proto::NodeUnstageVolumeRequest {
+        volume_id: id(name),
+        staging_target_path: staging.into(),
+    })
+    .await?;
+    Ok(())
 }
 
 pub(crate) fn code<T>(r: std::result::Result<tonic::Response<T>, tonic::Status>) -> Code {
@@ -749,6 +812,16 @@ pub(crate) fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let code = text.split_whitespace().nth(1).ok_or("no status line")?.parse()?;
     let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
     Ok((code, body))
+}
+
+/// Saves what the plugin serves at /metrics as `$THINPOOL_E2E_OUT/metrics/<case>.prom`: the chart's
+/// alerts are evaluated on it afterwards (e2e/alerts).
+pub(crate) fn save_scrape(port: u16, case: &str) -> Result {
+    let (_, text) = http_get(port, "/metrics")?;
+    let dir = PathBuf::from(std::env::var("THINPOOL_E2E_OUT")?).join("metrics");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{case}.prom")), text)?;
+    Ok(())
 }
 
 pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use thinpool_csi::csi::proto;
 use tonic::Code;
 
-use crate::csi::{block_cap, code, create, http_get, id, metric, rt, Plugin};
+use crate::csi::{
+    block_cap, code, create, http_get, id, metric, publish_block, rt, save_scrape, unpublish_block, Plugin,
+};
 use crate::fixture::*;
 
 /// Longer than any CSI call may take on a full pool: past it, the call counts as hung.
@@ -21,7 +23,7 @@ async fn within<T>(what: &str, call: impl Future<Output = T>) -> Result<T> {
 }
 
 /// The pool's mode as the plugin's metrics report it.
-fn scraped_mode(port: u16) -> Result<String> {
+pub(crate) fn scraped_mode(port: u16) -> Result<String> {
     let (_, text) = http_get(port, "/metrics")?;
     ["rw", "ro", "out_of_data_space", "needs_check", "fail"]
         .into_iter()
@@ -31,9 +33,16 @@ fn scraped_mode(port: u16) -> Result<String> {
 }
 
 /// Writes `mib` MiB of zeros to `path` with direct I/O; the time taken and dd's complaint, if any.
-fn write_zeros(path: &str, mib: u64) -> (Duration, Option<String>) {
+pub(crate) fn write_zeros(path: &str, mib: u64) -> (Duration, Option<String>) {
+    write_zeros_at(path, 0, mib)
+}
+
+/// As [`write_zeros`], from `seek_mib` MiB into the device.
+pub(crate) fn write_zeros_at(path: &str, seek_mib: u64, mib: u64) -> (Duration, Option<String>) {
     let start = Instant::now();
-    let out = sh(&format!("dd if=/dev/zero of={path} bs=1M count={mib} oflag=direct conv=fsync status=none 2>&1"));
+    let out = sh(&format!(
+        "dd if=/dev/zero of={path} bs=1M seek={seek_mib} count={mib} oflag=direct conv=fsync,notrunc status=none 2>&1"
+    ));
     (start.elapsed(), out.err().map(|e| e.to_string()))
 }
 
@@ -44,32 +53,19 @@ fn write_zeros(path: &str, mib: u64) -> (Duration, Option<String>) {
 /// returns to rw by itself and the same published volume takes writes again.
 pub fn full_pool_fails_fast_then_grows_back() -> Result {
     let mut p = Plugin::start_sized("full-data", "256Mi", &[])?;
-    let target = format!("{}/plugins/kubernetes.io/csi/volumeDevices/publish/fill/pod-1", p.kubelet.display());
-    let staging = p.staging("fill");
+    let (staging, target) = (p.staging("fill"), p.block_target("fill"));
     rt()?.block_on(async {
         let (mut identity, mut ctl, mut node) = p.clients().await?;
         ctl.create_volume(create("fill", 1 << 30, block_cap(), None)).await?;
         ctl.create_volume(create("spare", 64 << 20, block_cap(), None)).await?;
-        node.node_stage_volume(proto::NodeStageVolumeRequest {
-            volume_id: id("fill"),
-            staging_target_path: staging.clone(),
-            volume_capability: Some(block_cap()),
-            ..Default::default()
-        })
-        .await?;
-        node.node_publish_volume(proto::NodePublishVolumeRequest {
-            volume_id: id("fill"),
-            staging_target_path: staging.clone(),
-            target_path: target.clone(),
-            volume_capability: Some(block_cap()),
-            ..Default::default()
-        })
-        .await?;
+        publish_block(&mut node, "fill", &staging, &target).await?;
+        save_scrape(p.metrics_port, "healthy")?;
         let (took, complaint) = write_zeros(&target, 400);
         let complaint = complaint.ok_or("400 MiB fit into a 256 MiB pool")?;
         println!("  400 MiB into a 256 MiB pool failed after {:.1} s: {}", took.as_secs_f64(), complaint.trim());
         ensure(took < Duration::from_secs(120), format!("the failing write took {took:?}: it queued"))?;
         ensure(scraped_mode(p.metrics_port)? == "out_of_data_space", "metrics do not show out_of_data_space")?;
+        save_scrape(p.metrics_port, "full-data")?;
 
         let refused = within("CreateVolume", ctl.create_volume(create("more", 16 << 20, block_cap(), None))).await?;
         let status = refused.err().ok_or("CreateVolume succeeded on a full pool")?;
@@ -127,13 +123,7 @@ pub fn full_pool_fails_fast_then_grows_back() -> Result {
     rt()?.block_on(async {
         let (_, mut ctl, mut node) = p.clients().await?;
         ctl.create_volume(create("more", 16 << 20, block_cap(), None)).await?;
-        node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest { volume_id: id("fill"), target_path: target })
-            .await?;
-        node.node_unstage_volume(proto::NodeUnstageVolumeRequest {
-            volume_id: id("fill"),
-            staging_target_path: staging,
-        })
-        .await?;
+        unpublish_block(&mut node, "fill", &staging, &target).await?;
         for v in ["fill", "more"] {
             ctl.delete_volume(proto::DeleteVolumeRequest { volume_id: id(v), ..Default::default() }).await?;
         }
