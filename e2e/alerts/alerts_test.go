@@ -4,7 +4,8 @@
 //
 // The VM suite writes one scrape per situation to $THINPOOL_SCRAPES (default
 // target/vm/runs/kernel-suite/metrics): `healthy.prom`, `full-data.prom` (a pool out of data
-// space), `grow-blocked.prom` (a self-growing pool at its maximum). Each scrape is held constant
+// space), `grow-blocked.prom` (a self-growing pool at its maximum), `metadata-near-full.prom` and
+// `metadata-full.prom` (a pool whose metadata fills up). Each scrape is held constant
 // for two hours, labelled with `node` as the chart's PodMonitor does, and every rule is evaluated
 // every 30 seconds over it.
 package alerts
@@ -38,6 +39,10 @@ var cases = map[string][]string{
 	"healthy":      {},
 	"full-data":    {"ThinPoolDataFillCritical", "ThinPoolDataFillHigh", "ThinPoolReadOnly"},
 	"grow-blocked": {"ThinPoolAutoExtendBlocked", "ThinPoolDataFillCritical", "ThinPoolDataFillHigh", "ThinPoolReadOnly"},
+	// Above the metadata fill limit (80 %), snapshots refused: the warning only.
+	"metadata-near-full": {"ThinPoolMetadataFillHigh"},
+	// Out of metadata: the pool is read-only.
+	"metadata-full": {"ThinPoolMetadataFillCritical", "ThinPoolMetadataFillHigh", "ThinPoolReadOnly"},
 }
 
 func scrapes() string {

@@ -51,6 +51,14 @@ pub(crate) fn pool_table(dm: &DM, name: &str) -> Result<(u64, PoolTable), DmErro
     }
 }
 
+/// An active pool's status, read without flushing.
+pub(crate) fn pool_status(dm: &DM, name: &str) -> Result<PoolStatus, DmError> {
+    match single_target(dm, name, false)? {
+        (_, kind, params) if kind == "thin-pool" => Ok(params.parse()?),
+        (_, kind, _) => Err(DmError::NotAThinPool { name: name.to_owned(), found: kind }),
+    }
+}
+
 /// Resolves a `major:minor` from a table line to its device node via sysfs.
 pub fn devnode_of(majmin: &str) -> Result<PathBuf, DmError> {
     let uevent = std::fs::read_to_string(format!("/sys/dev/block/{majmin}/uevent"))
@@ -141,11 +149,7 @@ impl ThinPool for KernelPool {
     }
 
     fn status(&self) -> Result<PoolStatus, DmError> {
-        let (_, kind, params) = single_target(&self.dm, &self.info.dm_name, false)?;
-        if kind != "thin-pool" {
-            return Err(DmError::NotAThinPool { name: self.info.dm_name.clone(), found: kind });
-        }
-        Ok(params.parse()?)
+        pool_status(&self.dm, &self.info.dm_name)
     }
 
     fn create_thin(&self, id: ThinId) -> Result<(), DmError> {

@@ -1,8 +1,8 @@
 //! The loop pool: sparse data and metadata files on loop devices, like Docker's loop-lvm, for
 //! trying the driver out. Opening is idempotent: an active pool of that name is adopted; otherwise
 //! the files are created (new pool) or reattached (existing pool). Only the node plugin, which owns
-//! the pool, opens it with `grow`: then a configured data size larger than the pool's grows it in
-//! place (an operator command run with other flags never does). The thin-pool table is loaded with
+//! the pool, opens it with `grow`: then a configured data or metadata size larger than the pool's
+//! grows it in place (an operator command run with other flags never does). The thin-pool table is loaded with
 //! block zeroing on and `error_if_no_space`: a write that finds the pool full fails at once instead of
 //! queueing for the kernel's `no_space_timeout` (60 s), so nothing waits on a pool that cannot grow
 //! by itself (docs/troubleshooting.md, "Pool or metadata full").
@@ -13,8 +13,8 @@ use std::path::Path;
 use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
 use loopdev::{LoopControl, LoopDevice};
 
-use super::kernel::{devnode_of, dm_name, lib_err, pool_table, KernelPool};
-use super::status::PoolTable;
+use super::kernel::{devnode_of, dm_name, lib_err, pool_status, pool_table, KernelPool};
+use super::status::{PoolStatus, PoolTable, META_BLOCK_BYTES};
 use super::{DmError, PoolKind};
 use crate::config::LoopSpec;
 use crate::units::SECTOR;
@@ -103,55 +103,90 @@ fn low_water(data_sectors: u64, block_sectors: u64) -> u64 {
     data_sectors / block_sectors / 10
 }
 
-/// Grows an active loop pool to `spec.data_bytes` when that is now larger (the operator raised
-/// `--loop-data-size`, the chart's `pool.loop.dataSize`): the data file is extended, its loop
-/// device re-reads its size (LOOP_SET_CAPACITY), and the pool's table is reloaded with the new
-/// length and resumed. dm-thin leaves out_of_data_space on that resume, so writes go on without
-/// anything else restarting. Never shrinks. A pool whose data device is not this spec's data file
-/// is left as it is, with a warning.
+/// Grows an active loop pool to `spec.data_bytes` and `spec.meta_bytes` when they are now larger
+/// (the operator raised `--loop-data-size` or `--loop-metadata-size`, the chart's
+/// `pool.loop.dataSize`): the file is extended, its loop device re-reads its size
+/// (LOOP_SET_CAPACITY), and the pool's table is reloaded (with the new length for data) and resumed.
+/// On that resume dm-thin takes the new space and leaves `out_of_data_space`, or the read-only mode
+/// it enters when metadata runs out, so writes go on without anything else restarting. Never
+/// shrinks. A pool whose device is not this spec's file is left as it is, with a warning.
 fn grow_active(spec: &LoopSpec) -> Result<(), DmError> {
     let dm = DM::new().map_err(lib_err("opening /dev/mapper/control"))?;
     let (sectors, table) = pool_table(&dm, &spec.name)?;
     let block_sectors = table.block_sectors.max(1);
     let wanted = spec.data_bytes / SECTOR / block_sectors * block_sectors;
-    if wanted <= sectors {
+    // The pool takes new space at a reload, so a reload is due whenever the pool is smaller than
+    // asked, even if the file and the loop device grew before (a crash in between).
+    let data = wanted > sectors && extend_backing(&table.data_dev, &spec.dir.join("data.img"), spec.data_bytes, spec)?;
+    let meta_in_pool = match pool_status(&dm, &spec.name)? {
+        PoolStatus::Working(s) => s.meta_total * META_BLOCK_BYTES,
+        PoolStatus::Fail => u64::MAX,
+    };
+    let meta = meta_in_pool < spec.meta_bytes.min(META_MAX_BYTES)
+        && extend_backing(&table.meta_dev, &spec.dir.join("metadata.img"), spec.meta_bytes, spec)?;
+    if !data && !meta {
         return Ok(());
     }
-    let data = spec.dir.join("data.img");
-    let sysfs = format!("/sys/dev/block/{}/loop/backing_file", table.data_dev);
-    let backing = std::fs::read_to_string(&sysfs).map_err(DmError::io(format!("reading {sysfs}")))?;
-    if Path::new(backing.trim()) != data {
-        tracing::warn!(
-            pool = %spec.name,
-            data_device = %table.data_dev,
-            backing = backing.trim(),
-            expected = %data.display(),
-            "the active pool's data device is not this pool's data file: not growing it"
-        );
-        return Ok(());
-    }
-    let file =
-        OpenOptions::new().write(true).open(&data).map_err(DmError::io(format!("opening {}", data.display())))?;
-    let len = file.metadata().map_err(DmError::io(format!("stat {}", data.display())))?.len();
-    if len < spec.data_bytes {
-        file.set_len(spec.data_bytes).map_err(DmError::io(format!("growing {}", data.display())))?;
-        file.sync_all().map_err(DmError::io(format!("syncing {}", data.display())))?;
-    }
-    let node = devnode_of(&table.data_dev)?;
-    LoopDevice::open(&node)
-        .and_then(|d| d.set_capacity())
-        .map_err(DmError::io(format!("telling {} its new size", node.display())))?;
-    let grown = PoolTable { low_water_blocks: low_water(wanted, block_sectors), ..table };
+    let length = if data { wanted } else { sectors };
+    let grown = PoolTable { low_water_blocks: low_water(length, block_sectors), ..table };
     let id = DevId::Name(dm_name(&spec.name)?);
-    dm.table_load(&id, &[(0, wanted, "thin-pool".to_owned(), grown.to_string())], DmOptions::default())
+    dm.table_load(&id, &[(0, length, "thin-pool".to_owned(), grown.to_string())], DmOptions::default())
         .map_err(lib_err(format!("load grown table {grown} into {}", spec.name)))?;
     // Resuming a device with a loaded table suspends it, swaps the tables and resumes it.
     if let Err(e) = dm.device_suspend(&id, DmOptions::default()) {
         let _ = dm.table_clear(&id);
         return Err(lib_err(format!("resume {} with its grown table", spec.name))(e));
     }
-    tracing::info!(pool = %spec.name, from_bytes = sectors * SECTOR, to_bytes = wanted * SECTOR, "loop pool grown");
+    tracing::info!(
+        pool = %spec.name,
+        data_from_bytes = sectors * SECTOR,
+        data_to_bytes = length * SECTOR,
+        metadata_grown_to_bytes = meta.then_some(spec.meta_bytes),
+        "loop pool grown"
+    );
     Ok(())
+}
+
+/// The most metadata dm-thin uses: 255 × (2^14 − 64) blocks of 4 KiB (a larger device is fine,
+/// the rest stays unused).
+const META_MAX_BYTES: u64 = 255 * ((1 << 14) - 64) * META_BLOCK_BYTES;
+
+/// Makes the loop device `majmin` at least `bytes` long when its backing file is `file`: extends
+/// the file and tells the loop device when they are shorter. True when the device is backed by
+/// `file` (and now long enough); false, with a warning, when it is not.
+fn extend_backing(majmin: &str, file: &Path, bytes: u64, spec: &LoopSpec) -> Result<bool, DmError> {
+    let sysfs = format!("/sys/dev/block/{majmin}/loop/backing_file");
+    let backing = std::fs::read_to_string(&sysfs).map_err(DmError::io(format!("reading {sysfs}")))?;
+    if Path::new(backing.trim()) != file {
+        tracing::warn!(
+            pool = %spec.name,
+            device = majmin,
+            backing = backing.trim(),
+            expected = %file.display(),
+            "the active pool's device is not this pool's file: not growing it"
+        );
+        return Ok(false);
+    }
+    let size = format!("/sys/dev/block/{majmin}/size");
+    let device_sectors: u64 = std::fs::read_to_string(&size)
+        .map_err(DmError::io(format!("reading {size}")))?
+        .trim()
+        .parse()
+        .map_err(|_| DmError::Config(format!("{size} is not a number of sectors")))?;
+    if device_sectors * SECTOR >= bytes {
+        return Ok(true);
+    }
+    let f = OpenOptions::new().write(true).open(file).map_err(DmError::io(format!("opening {}", file.display())))?;
+    let len = f.metadata().map_err(DmError::io(format!("stat {}", file.display())))?.len();
+    if len < bytes {
+        f.set_len(bytes).map_err(DmError::io(format!("growing {}", file.display())))?;
+        f.sync_all().map_err(DmError::io(format!("syncing {}", file.display())))?;
+    }
+    let node = devnode_of(majmin)?;
+    LoopDevice::open(&node)
+        .and_then(|d| d.set_capacity())
+        .map_err(DmError::io(format!("telling {} its new size", node.display())))?;
+    Ok(true)
 }
 
 /// Creates and resumes a thin-pool dm device with `table`.

@@ -78,6 +78,12 @@ impl GrowLog {
         self.with(|(s, _)| s.clone())
     }
 
+    /// Leaves a notice as the extender would (tests of the publisher).
+    #[cfg(test)]
+    pub fn push_for_test(&self, n: Notice) {
+        self.with(|(_, notices)| push(notices, n));
+    }
+
     /// The Events not yet posted (the publisher takes them).
     pub fn take_notices(&self) -> Vec<Notice> {
         self.with(|(_, n)| std::mem::take(n))

@@ -238,7 +238,7 @@ mod tests {
         assert!(uri.contains("fieldManager=thinpool-csi-node") && uri.contains("force=true"), "{uri}");
         let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
         let answer = if reply.is_success() {
-            serde_json::json!({"apiVersion": "thinpool.csi.io/v1alpha1", "kind": "ThinPool", "metadata": {"name": "node-1"}, "spec": {"nodeName": "node-1"}})
+            serde_json::json!({"apiVersion": "thinpool.csi.io/v1alpha1", "kind": "ThinPool", "metadata": {"name": "node-1", "uid": "uid-1"}, "spec": {"nodeName": "node-1"}})
         } else {
             serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is down", "reason": "InternalError", "code": reply.as_u16()})
         };
@@ -296,6 +296,42 @@ mod tests {
         expect(&mut handle, OBJ, StatusCode::OK).await;
         let status = expect(&mut handle, STATUS, StatusCode::OK).await;
         assert_eq!(status["status"]["volumes"], 2);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn automatic_extension_shows_in_the_status_and_as_events_on_the_pool() {
+        use crate::grow::{GrowLog, Notice, REASON_EXTENDED};
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ThinPool> = Api::all(Client::new(mock, "default"));
+        let (e, _dir) = engine();
+        let policy = crate::grow::plan::Policy { threshold_pct: 80, step_pct: 20, max_data_bytes: None };
+        let log = Arc::new(GrowLog::new(&policy));
+        log.push_for_test(Notice { warning: false, reason: REASON_EXTENDED, note: "data 1Gi → 1280Mi".into() });
+        let reporting = Reporting { metrics: None, grow: Some(log.clone()) };
+        let timing = Timing { heartbeat: Duration::from_secs(3600), ..Timing::default() };
+        let task = tokio::spawn(run(api, "node-1".into(), e, Limits::default(), Arc::default(), timing, reporting));
+        expect(&mut handle, PVS, StatusCode::OK).await;
+        expect(&mut handle, OBJ, StatusCode::OK).await;
+        let status = expect(&mut handle, STATUS, StatusCode::OK).await;
+        assert_eq!(status["status"]["autoExtend"]["policy"], "at 80% fill, by 20%, as far as the volume group allows");
+        // The Event goes on the pool, with its uid (else `kubectl describe thinpool` hides it).
+        let (req, send) = handle.next_request().await.expect("no Event was posted");
+        assert_eq!(req.method(), Method::POST);
+        assert!(req.uri().path().starts_with("/apis/events.k8s.io/v1/namespaces/"), "{}", req.uri());
+        let event: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(event["reason"], REASON_EXTENDED);
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["note"], "data 1Gi → 1280Mi");
+        assert_eq!(event["regarding"]["kind"], "ThinPool");
+        assert_eq!(event["regarding"]["uid"], "uid-1");
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Body::from(serde_json::to_vec(&event).unwrap()))
+                .unwrap(),
+        );
+        assert!(log.take_notices().is_empty(), "a posted notice is not posted again");
         task.abort();
     }
 

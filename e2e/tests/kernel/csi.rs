@@ -38,8 +38,8 @@ pub struct Plugin {
     pub data_size: String,
     /// An LVM thin pool `vg/lv` to adopt (`--pool direct-lvm`) instead of the loop pool.
     lvm_pool: Option<String>,
-    /// Flags beyond the fixture's own.
-    extra: Vec<String>,
+    /// Flags beyond the fixture's own (a change takes effect at the next `replace`).
+    pub extra: Vec<String>,
 }
 
 /// Each plugin gets its own metrics port, so a restarted one never waits for the old socket.

@@ -130,3 +130,141 @@ pub fn full_pool_fails_fast_then_grows_back() -> Result {
         Ok(())
     })
 }
+
+/// Writes 64 KiB at every 16th MiB from `first_mib` to 512 MiB into `path`, then fsyncs: one block
+/// under each of many mapping-tree leaves, so that after a snapshot each write copies a leaf.
+fn scatter(path: &str, first_mib: u64, fill: u8) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let block = vec![fill; 64 << 10];
+    for at in (first_mib..512).step_by(16) {
+        f.write_all_at(&block, at << 20)?;
+    }
+    f.sync_all()
+}
+
+/// Metadata runs out (a 2 MiB metadata device, snapshots of a written volume each followed by
+/// writes that copy mapping-tree leaves): first CreateSnapshot is refused at the metadata fill
+/// limit (80 %) saying so; with the limit lifted the pool runs out, turns read-only and writes fail,
+/// while every CSI call still answers. The way out, as docs/troubleshooting.md gives it for a loop
+/// pool: a larger `--loop-metadata-size` and the plugin's pod replaced; the pool is `rw` again by
+/// itself, with every volume and snapshot, and takes writes and snapshots.
+pub fn metadata_full_then_grown_back() -> Result {
+    // Every snapshot counts the base's 1 GiB against the budget: a ratio that never stops them.
+    let flags = ["--loop-metadata-size", "2Mi", "--overprovision-ratio", "200"].map(str::to_owned);
+    let mut p = Plugin::start_sized("full-meta", "1Gi", &flags)?;
+    let (staging, target) = (p.staging("base"), p.block_target("base"));
+    rt()?.block_on(async {
+        let (_, mut ctl, mut node) = p.clients().await?;
+        ctl.create_volume(create("base", 1 << 30, block_cap(), None)).await?;
+        publish_block(&mut node, "base", &staging, &target).await
+    })?;
+    let (_, complaint) = write_zeros(&target, 512);
+    ensure(complaint.is_none(), format!("writing the base volume: {complaint:?}"))?;
+    let meta_pct = |port: u16| -> Result<f64> {
+        let (_, text) = http_get(port, "/metrics")?;
+        let used = metric(&text, "thinpool_pool_metadata_used_bytes").ok_or("no metadata metric")?;
+        Ok(100.0 * used / metric(&text, "thinpool_pool_metadata_total_bytes").ok_or("no metadata metric")?)
+    };
+    let mut refused = false;
+    let mut snapshots = 0;
+    let mut full = None;
+    for cycle in 0..80 {
+        let answer = rt()?.block_on(async {
+            let (_, mut ctl, _) = p.clients().await?;
+            let req = proto::CreateSnapshotRequest {
+                source_volume_id: id("base"),
+                name: format!("s{cycle}"),
+                ..Default::default()
+            };
+            within("CreateSnapshot", ctl.create_snapshot(req)).await
+        })?;
+        match answer {
+            Ok(_) => snapshots += 1,
+            Err(s) if s.code() == Code::ResourceExhausted && !refused => {
+                ensure(s.message().contains("metadata"), format!("the refusal does not name metadata: {s:?}"))?;
+                println!("  at {:.0}% metadata: CreateSnapshot refused: {}", meta_pct(p.metrics_port)?, s.message());
+                save_scrape(p.metrics_port, "metadata-near-full")?;
+                refused = true;
+                // Lift the limit, as if the pool's own writes went on filling it.
+                p.extra.extend(["--metadata-fill-limit".into(), "100".into()]);
+                p.replace()?;
+                continue;
+            }
+            Err(s) => println!("  cycle {cycle}: CreateSnapshot answered {:?}: {}", s.code(), s.message()),
+        }
+        if let Err(e) = scatter(&target, 0, cycle as u8) {
+            full = Some(e.to_string());
+            break;
+        }
+        let mode = scraped_mode(p.metrics_port)?;
+        if mode != "rw" {
+            full = Some(format!("pool mode {mode}"));
+            break;
+        }
+    }
+    ensure(refused, "CreateSnapshot was never refused at the metadata fill limit")?;
+    let how = full.ok_or("80 snapshot-and-write cycles did not fill 2 MiB of metadata")?;
+    let mode = scraped_mode(p.metrics_port)?;
+    println!(
+        "  metadata full after {snapshots} snapshots ({how}); pool mode {mode}, {:.0}% metadata",
+        meta_pct(p.metrics_port)?
+    );
+    ensure(mode == "ro" || mode == "needs_check", format!("a pool out of metadata is in mode {mode}"))?;
+    rt()?.block_on(async {
+        let (mut identity, mut ctl, _) = p.clients().await?;
+        let refused = within("CreateVolume", ctl.create_volume(create("more", 16 << 20, block_cap(), None))).await?;
+        ensure(code(refused) == Code::ResourceExhausted, "CreateVolume on a pool out of metadata")?;
+        ensure(
+            code(within("Probe", identity.probe(proto::ProbeRequest {})).await?) == Code::FailedPrecondition,
+            "Probe is ready",
+        )?;
+        ensure(
+            code(within("ListSnapshots", ctl.list_snapshots(proto::ListSnapshotsRequest::default())).await?)
+                == Code::Ok,
+            "ListSnapshots",
+        )?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    // Blocks every snapshot still shares need new mappings: those writes fail now.
+    ensure(scatter(&target, 8, 0x55).is_err(), "writes needing new mappings succeeded with no metadata left")?;
+    ensure(http_get(p.metrics_port, "/healthz")?.0 == 200, "/healthz fails on a pool out of metadata")?;
+    save_scrape(p.metrics_port, "metadata-full")?;
+
+    // The way out for a loop pool: more metadata, the plugin's pod replaced.
+    for f in p.extra.iter_mut().filter(|f| f.as_str() == "2Mi") {
+        *f = "8Mi".into();
+    }
+    p.replace()?;
+    let start = Instant::now();
+    loop {
+        match scraped_mode(p.metrics_port) {
+            Ok(mode) if mode == "rw" => break,
+            seen => ensure(
+                start.elapsed() < Duration::from_secs(60),
+                format!(
+                    "the pool did not return to rw with more metadata (last seen: {seen:?}); plugin log:\n{}",
+                    p.log()
+                ),
+            )?,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("  with 8 MiB of metadata: rw again at {:.0}% metadata", meta_pct(p.metrics_port)?);
+    scatter(&target, 8, 0xee)?;
+    rt()?.block_on(async {
+        let (_, mut ctl, mut node) = p.clients().await?;
+        let req =
+            proto::CreateSnapshotRequest { source_volume_id: id("base"), name: "after".into(), ..Default::default() };
+        ctl.create_snapshot(req).await?;
+        unpublish_block(&mut node, "base", &staging, &target).await
+    })?;
+    p.stop()?;
+    let (engine, _) = thinpool_csi::open::open_engine(&p.config()?)?;
+    let check = engine.check()?;
+    ensure(check.is_clean(), format!("`pool check` after the metadata ran out and grew: {check:?}"))?;
+    let kept = engine.list(thinpool_csi::store::Kind::Snapshot)?.len();
+    ensure(kept == snapshots + 1, format!("{kept} snapshots recorded, {} acknowledged", snapshots + 1))?;
+    println!("  pool check clean; {kept} snapshots, each acknowledged one kept");
+    Ok(())
+}
