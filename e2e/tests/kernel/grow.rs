@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::csi::{block_cap, create, http_get, id, metric, publish_block, rt, save_scrape, unpublish_block, Plugin};
 use crate::fixture::*;
-use crate::full::{write_zeros, write_zeros_at};
+use crate::full::{scraped_mode, write_zeros, write_zeros_at};
 use thinpool_csi::csi::proto;
 
 /// The pool LV's size in bytes, as LVM sees it.
@@ -76,6 +76,18 @@ pub fn lvm_pool_grows_itself_under_a_writer() -> Result {
     ensure(p.log().contains("at its maximum of 640Mi"), "the plugin did not say why the pool cannot grow")?;
     save_scrape(p.metrics_port, "grow-blocked")?;
     println!("  past the 640 MiB maximum: the write failed at once, the pool stayed at 640 MiB, blocked = 1");
+
+    // The operator's way out of a full LVM pool: lvextend by hand. It returns to rw by itself.
+    ensure(scraped_mode(p.metrics_port)? == "out_of_data_space", "the capped pool is not out_of_data_space")?;
+    d.lvm(&format!("lvextend -L +256M {}/pool", d.vg))?;
+    let start = Instant::now();
+    while scraped_mode(p.metrics_port)? != "rw" {
+        ensure(start.elapsed() < Duration::from_secs(30), "the pool did not return to rw after lvextend")?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, after) = write_zeros_at(&target, 640, 128);
+    ensure(after.is_none(), format!("writing after lvextend: {after:?}"))?;
+    println!("  lvextend -L +256M by hand: rw again by itself, 128 MiB more written");
 
     rt()?.block_on(async {
         let (_, mut ctl, mut node) = p.clients().await?;
