@@ -11,6 +11,7 @@ use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource};
 
 use super::capacity::{self, Action, CapacityObject, PoolView, LABEL_CLASS, LABEL_MANAGED_BY, LABEL_NODE, MANAGED_BY};
@@ -162,6 +163,26 @@ pub fn pool_reference(pool: &str, uid: Option<&String>) -> ObjectReference {
         name: Some(pool.to_owned()),
         uid: uid.cloned(),
         ..Default::default()
+    }
+}
+
+/// An Event of ours: Warning or Normal, with its reason, note and action.
+pub fn event(warning: bool, reason: String, note: String, action: &str) -> Event {
+    Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason,
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+/// Publishes Events; one the API refuses is logged, never fatal.
+pub async fn publish_events(recorder: &Recorder, events: impl IntoIterator<Item = (ObjectReference, Event)>) {
+    for (reference, e) in events {
+        if let Err(err) = recorder.publish(&e, &reference).await {
+            tracing::warn!(error = %err, object = ?reference.name, reason = %e.reason, "publishing an event");
+        }
     }
 }
 

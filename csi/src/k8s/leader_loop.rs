@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, Recorder};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
 use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
-use super::controller::{pool_events, pool_reference, reconcile};
+use super::controller::{pool_events, pool_reference, publish_events as publish, reconcile};
 use super::controller_metrics::ControllerMetrics;
 use super::crd::ThinPool;
 use super::expansion_pass::expansion_pass;
@@ -41,13 +41,7 @@ pub struct LoopConfig {
 }
 
 fn event(warning: bool, reason: String, note: String) -> Event {
-    Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason,
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    }
+    super::controller::event(warning, reason, note, "Reconcile")
 }
 
 /// Rings `trigger` on every event of a watched resource.
@@ -85,15 +79,6 @@ fn watch_released(api: Api<Lease>, config: watcher::Config, trigger: Arc<Notify>
 
 fn is_released(lease: &Lease) -> bool {
     lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or("").is_empty()
-}
-
-/// Publishes Events; one the API refuses is logged, never fatal.
-async fn publish(recorder: &Recorder, events: impl IntoIterator<Item = (ObjectReference, Event)>) {
-    for (reference, e) in events {
-        if let Err(err) = recorder.publish(&e, &reference).await {
-            tracing::warn!(error = %err, object = ?reference.name, "publishing an event");
-        }
-    }
 }
 
 /// One pass as the leader: the capacity objects and the pools' Events, then (opt-in) the claims'

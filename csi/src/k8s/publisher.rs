@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::Api;
 use tokio::sync::Notify;
 
@@ -51,18 +51,10 @@ pub struct Reporting {
 
 /// Posts the automatic extension's Events on the pool; one the API refuses is logged and dropped.
 async fn post_notices(recorder: &Recorder, reference: &ObjectReference, notices: Vec<crate::grow::Notice>) {
-    for n in notices {
-        let event = Event {
-            type_: if n.warning { EventType::Warning } else { EventType::Normal },
-            reason: n.reason.to_owned(),
-            note: Some(n.note),
-            action: "Extend".into(),
-            secondary: None,
-        };
-        if let Err(err) = recorder.publish(&event, reference).await {
-            tracing::warn!(error = %err, reason = n.reason, "posting an Event about the pool");
-        }
-    }
+    let events = notices
+        .into_iter()
+        .map(|n| (reference.clone(), super::controller::event(n.warning, n.reason.to_owned(), n.note, "Extend")));
+    super::controller::publish_events(recorder, events).await;
 }
 
 #[derive(Clone, Copy, Debug)]

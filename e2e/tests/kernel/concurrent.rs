@@ -46,6 +46,17 @@ impl Op {
         }
     }
 
+    /// What an acknowledged call says of one name: (its kind, the name, present afterwards).
+    fn presence(&self) -> Option<(Kind, &str, bool)> {
+        match self {
+            Op::Create { name, .. } | Op::Restore { name, .. } => Some((Kind::Volume, name, true)),
+            Op::DeleteVolume { name } => Some((Kind::Volume, name, false)),
+            Op::Snapshot { name, .. } => Some((Kind::Snapshot, name, true)),
+            Op::DeleteSnapshot { name } => Some((Kind::Snapshot, name, false)),
+            Op::Expand { .. } => None,
+        }
+    }
+
     fn random(rng: &mut StdRng) -> Op {
         let v = format!("v{}", rng.random_range(0..VOLUMES));
         let s = format!("s{}", rng.random_range(0..SNAPSHOTS));
@@ -126,6 +137,21 @@ fn expected_presence(acks: &[(&Answer, bool)]) -> BTreeSet<bool> {
     }
 }
 
+/// Whether `name` of `kind` being `present` at the end is what the acknowledged calls allow.
+fn check_presence(ok: &[&Answer], kind: Kind, name: &str, present: bool) -> Result {
+    let acks: Vec<(&Answer, bool)> = ok
+        .iter()
+        .filter_map(|a| match a.op.presence() {
+            Some((k, n, p)) if k == kind && n == name => Some((*a, p)),
+            _ => None,
+        })
+        .collect();
+    ensure(
+        expected_presence(&acks).contains(&present),
+        format!("{kind:?} {name}: present = {present}, but the acknowledged calls on it say otherwise"),
+    )
+}
+
 pub fn fifty_concurrent_clients() -> Result {
     let seed: u64 = match std::env::var("THINPOOL_E2E_SEED") {
         Ok(s) => s.parse()?,
@@ -191,19 +217,7 @@ pub fn fifty_concurrent_clients() -> Result {
     let snapshots: BTreeSet<String> =
         engine.list(Kind::Snapshot)?.into_iter().map(|r| r.name.as_str().to_owned()).collect();
     for v in (0..VOLUMES).map(|i| format!("v{i}")) {
-        let acks: Vec<(&Answer, bool)> = ok
-            .iter()
-            .filter_map(|a| match &a.op {
-                Op::Create { name, .. } | Op::Restore { name, .. } if *name == v => Some((*a, true)),
-                Op::DeleteVolume { name } if *name == v => Some((*a, false)),
-                _ => None,
-            })
-            .collect();
-        let present = volumes.contains_key(&v);
-        ensure(
-            expected_presence(&acks).contains(&present),
-            format!("volume {v}: present = {present}, but the acknowledged calls on it say otherwise"),
-        )?;
+        check_presence(&ok, Kind::Volume, &v, volumes.contains_key(&v))?;
         if let Some(size) = volumes.get(&v) {
             // Its size is one some client was told: a create's, a restore's or an expansion's.
             let told: BTreeSet<u64> = ok
@@ -221,19 +235,7 @@ pub fn fifty_concurrent_clients() -> Result {
         }
     }
     for s in (0..SNAPSHOTS).map(|i| format!("s{i}")) {
-        let acks: Vec<(&Answer, bool)> = ok
-            .iter()
-            .filter_map(|a| match &a.op {
-                Op::Snapshot { name, .. } if *name == s => Some((*a, true)),
-                Op::DeleteSnapshot { name } if *name == s => Some((*a, false)),
-                _ => None,
-            })
-            .collect();
-        let present = snapshots.contains(&s);
-        ensure(
-            expected_presence(&acks).contains(&present),
-            format!("snapshot {s}: present = {present}, but the acknowledged calls on it say otherwise"),
-        )?;
+        check_presence(&ok, Kind::Snapshot, &s, snapshots.contains(&s))?;
     }
     println!(
         "  afterwards: pool check clean; {} volumes and {} snapshots, each as the clients were told",

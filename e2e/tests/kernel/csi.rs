@@ -284,6 +284,18 @@ pub(crate) async fn publish_block(node: &mut NodeClient<Channel>, name: &str, st
     Ok(())
 }
 
+/// Creates the block volume `name` of `bytes` and publishes it as the kubelet would; its staging
+/// and target paths.
+pub(crate) fn create_published_block(p: &Plugin, name: &str, bytes: i64) -> Result<(String, String)> {
+    let (staging, target) = (p.staging(name), p.block_target(name));
+    rt()?.block_on(async {
+        let (_, mut ctl, mut node) = p.clients().await?;
+        ctl.create_volume(create(name, bytes, block_cap(), None)).await?;
+        publish_block(&mut node, name, &staging, &target).await
+    })?;
+    Ok((staging, target))
+}
+
 /// Undoes [`publish_block`].
 pub(crate) async fn unpublish_block(node: &mut NodeClient<Channel>, name: &str, staging: &str, target: &str) -> Result {
     node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest { volume_id: id(name), target_path: target.into() })

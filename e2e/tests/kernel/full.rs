@@ -8,7 +8,8 @@ use thinpool_csi::csi::proto;
 use tonic::Code;
 
 use crate::csi::{
-    block_cap, code, create, http_get, id, metric, publish_block, rt, save_scrape, unpublish_block, Plugin,
+    block_cap, code, create, create_published_block, http_get, id, metric, publish_block, rt, save_scrape,
+    unpublish_block, Plugin,
 };
 use crate::fixture::*;
 
@@ -30,6 +31,22 @@ pub(crate) fn scraped_mode(port: u16) -> Result<String> {
         .find(|m| metric(&text, &format!("thinpool_pool_mode{{mode=\"{m}\"}}")) == Some(1.0))
         .map(str::to_owned)
         .ok_or_else(|| "no thinpool_pool_mode series is 1".into())
+}
+
+/// Waits up to 60 s for the plugin's metrics to show the pool in `mode` (the metrics listener may
+/// come up a moment after the CSI socket); else fails saying `what`, with the plugin's log.
+pub(crate) fn wait_for_mode(p: &Plugin, mode: &str, what: &str) -> Result {
+    let start = Instant::now();
+    loop {
+        match scraped_mode(p.metrics_port) {
+            Ok(m) if m == mode => return Ok(()),
+            seen => ensure(
+                start.elapsed() < Duration::from_secs(60),
+                format!("{what} (last seen: {seen:?}); plugin log:\n{}", p.log()),
+            )?,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Writes `mib` MiB of zeros to `path` with direct I/O; the time taken and dd's complaint, if any.
@@ -102,18 +119,7 @@ pub fn full_pool_fails_fast_then_grows_back() -> Result {
 
     p.data_size = "1Gi".into();
     p.replace()?;
-    let start = Instant::now();
-    loop {
-        // The metrics listener may come up a moment after the CSI socket.
-        match scraped_mode(p.metrics_port) {
-            Ok(mode) if mode == "rw" => break,
-            seen => ensure(
-                start.elapsed() < Duration::from_secs(60),
-                format!("the grown pool did not return to rw (last seen: {seen:?}); plugin log:\n{}", p.log()),
-            )?,
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_mode(&p, "rw", "the grown pool did not return to rw")?;
     let (_, text) = http_get(p.metrics_port, "/metrics")?;
     let total = metric(&text, "thinpool_pool_data_total_bytes").unwrap_or(0.0);
     ensure(total == GIB as f64, format!("data total after growing is {total} bytes"))?;
@@ -153,12 +159,7 @@ pub fn metadata_full_then_grown_back() -> Result {
     // Every snapshot counts the base's 1 GiB against the budget: a ratio that never stops them.
     let flags = ["--loop-metadata-size", "2Mi", "--overprovision-ratio", "200"].map(str::to_owned);
     let mut p = Plugin::start_sized("full-meta", "1Gi", &flags)?;
-    let (staging, target) = (p.staging("base"), p.block_target("base"));
-    rt()?.block_on(async {
-        let (_, mut ctl, mut node) = p.clients().await?;
-        ctl.create_volume(create("base", 1 << 30, block_cap(), None)).await?;
-        publish_block(&mut node, "base", &staging, &target).await
-    })?;
+    let (staging, target) = create_published_block(&p, "base", 1 << 30)?;
     let (_, complaint) = write_zeros(&target, 512);
     ensure(complaint.is_none(), format!("writing the base volume: {complaint:?}"))?;
     let meta_pct = |port: u16| -> Result<f64> {
@@ -236,20 +237,7 @@ pub fn metadata_full_then_grown_back() -> Result {
         *f = "8Mi".into();
     }
     p.replace()?;
-    let start = Instant::now();
-    loop {
-        match scraped_mode(p.metrics_port) {
-            Ok(mode) if mode == "rw" => break,
-            seen => ensure(
-                start.elapsed() < Duration::from_secs(60),
-                format!(
-                    "the pool did not return to rw with more metadata (last seen: {seen:?}); plugin log:\n{}",
-                    p.log()
-                ),
-            )?,
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_mode(&p, "rw", "the pool did not return to rw with more metadata")?;
     println!("  with 8 MiB of metadata: rw again at {:.0}% metadata", meta_pct(p.metrics_port)?);
     scatter(&target, 8, 0xee)?;
     rt()?.block_on(async {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::csi::{block_cap, create, http_get, id, metric, publish_block, rt, save_scrape, unpublish_block, Plugin};
+use crate::csi::{create_published_block, http_get, id, metric, rt, save_scrape, unpublish_block, Plugin};
 use crate::fixture::*;
 use crate::full::{scraped_mode, write_zeros, write_zeros_at};
 use thinpool_csi::csi::proto;
@@ -33,12 +33,7 @@ pub fn lvm_pool_grows_itself_under_a_writer() -> Result {
             .map(str::to_owned)
             .to_vec();
     let mut p = Plugin::start_lvm("grow", &format!("{}/pool", d.vg), &flags)?;
-    let (staging, target) = (p.staging("big"), p.block_target("big"));
-    rt()?.block_on(async {
-        let (_, mut ctl, mut node) = p.clients().await?;
-        ctl.create_volume(create("big", 1 << 30, block_cap(), None)).await?;
-        publish_block(&mut node, "big", &staging, &target).await
-    })?;
+    let (staging, target) = create_published_block(&p, "big", 1 << 30)?;
 
     let (took, complaint) = write_zeros(&target, 480);
     ensure(complaint.is_none(), format!("the writer got an error: {complaint:?}\nplugin log:\n{}", p.log()))?;
