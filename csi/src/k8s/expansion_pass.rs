@@ -62,6 +62,7 @@ fn claim_view(pvc: &PersistentVolumeClaim) -> Claim {
         volume_name: spec.volume_name.clone(),
         storage_class: spec.storage_class_name.clone(),
         requested: spec.resources.as_ref().and_then(|r| storage(r.requests.as_ref())).unwrap_or(0),
+        capacity: storage(status.capacity.as_ref()),
         allocated: storage(status.allocated_resources.as_ref()),
         resize_status: status.allocated_resource_statuses.as_ref().and_then(|s| s.get("storage").cloned()),
     }
@@ -167,7 +168,11 @@ pub async fn expansion_pass(
                     "conditions": conditions_with_fs_pending(pvc, now),
                 }});
                 patch_claim(&claims_ns, &claim.name, status, "marking for node expansion", &who).await?;
-                tracing::info!(claim = %who, volume = %volume, bytes, "claim marked for expansion on its node");
+                if events.is_empty() {
+                    tracing::info!(claim = %who, volume = %volume, bytes, "volume raised to the size its claim was marked with");
+                } else {
+                    tracing::info!(claim = %who, volume = %volume, bytes, "claim marked for expansion on its node");
+                }
                 report.expanded += 1;
                 report.events.extend(events.into_iter().map(|e| (reference(pvc), e)));
             }
@@ -187,6 +192,7 @@ pub async fn expansion_pass(
                     "allocatedResourceStatuses": { "storage": null },
                 }});
                 patch_claim(&claims_ns, &claim.name, status, "clearing the refused expansion of", &who).await?;
+                tracing::info!(claim = %who, bytes = capacity, "refused expansion cleared: the request is back to what the claim holds");
             }
         }
     }

@@ -2,11 +2,17 @@
 //! `CSIStorageCapacity` objects at once on any change to ThinPools, StorageClasses or the objects
 //! it owns (watches), and on a short resync that also catches pools going stale. Pool state
 //! changes become Kubernetes Events on the ThinPool.
+//!
+//! The Lease is renewed on its own timer, beside the work, as client-go's leader election does
+//! (retry 2 s, renew deadline 10 s, duration 15 s): a pass that takes long on a slow API server
+//! does not let the Lease lapse, and a pass still running when this replica can no longer be sure
+//! it leads (no renewal for the renew deadline) is cut off there, before another replica may take
+//! the Lease, so two replicas never write at once.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,7 +21,8 @@ use k8s_openapi::api::storage::v1::{CSIStorageCapacity, StorageClass};
 use kube::runtime::events::{Event, Recorder};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use tokio::sync::Notify;
+use tokio::sync::{watch as signal, Notify};
+use tokio::time::Instant;
 
 use super::capacity::{LABEL_MANAGED_BY, MANAGED_BY};
 use super::controller::{pool_events, pool_reference, publish_events as publish, reconcile};
@@ -125,6 +132,90 @@ async fn lead(
     }
 }
 
+const LEASE_SECS: i32 = 15;
+/// How long after a renewal began this replica still counts as the leader: well inside the
+/// Lease's duration, so it stops before any other replica may take over.
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Until when this replica leads (`None`: it does not), as the renewal loop last established.
+type Leading = signal::Receiver<Option<Instant>>;
+
+fn valid(until: Option<Instant>) -> bool {
+    until.is_some_and(|u| u > Instant::now())
+}
+
+fn leads(leading: &Leading) -> bool {
+    valid(*leading.borrow())
+}
+
+/// Completes when this replica no longer leads: the Lease was lost, or no renewal succeeded before
+/// the last one's deadline.
+async fn lost(mut leading: Leading) {
+    loop {
+        let until = *leading.borrow_and_update();
+        let Some(until) = until.filter(|u| *u > Instant::now()) else { return };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            changed = leading.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Runs `work` while this replica leads; `None` when it was cut off.
+async fn while_leading<T>(leading: &Leading, work: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        _ = lost(leading.clone()) => None,
+    }
+}
+
+/// Takes or renews the Lease every [`RETRY`] (at once when it is released), and publishes until
+/// when this replica leads; rings `elected` when it starts leading.
+async fn keep_lease(
+    keeper: &LeaseKeeper,
+    leading: signal::Sender<Option<Instant>>,
+    released: Arc<Notify>,
+    elected: Arc<Notify>,
+    metrics: &ControllerMetrics,
+    healthy: &AtomicBool,
+) {
+    loop {
+        let start = Instant::now();
+        let held = match keeper.tick().await {
+            Ok(held) => {
+                healthy.store(true, Ordering::Relaxed);
+                held
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "renewing the Lease failed");
+                false
+            }
+        };
+        if held {
+            let was = valid(*leading.borrow());
+            // A renewal that took past its own deadline proves nothing: leave the old one to run out.
+            let until = start + RENEW_DEADLINE;
+            if until > Instant::now() {
+                leading.send_replace(Some(until));
+                if !was {
+                    tracing::info!(identity = %keeper.identity, "leading");
+                    elected.notify_one();
+                }
+            }
+        } else if leading.borrow().is_some() {
+            leading.send_replace(None);
+            tracing::info!(identity = %keeper.identity, "no longer leading");
+        }
+        metrics.leader.set(i64::from(valid(*leading.borrow())));
+        tokio::select! {
+            _ = released.notified() => {}
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` completes, then gives the Lease up (when held) so a
 /// follower takes over at once. `healthy` is true while the API is reachable.
 pub async fn run(
@@ -139,9 +230,10 @@ pub async fn run(
     watch(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), trigger.clone());
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     watch(Api::<CSIStorageCapacity>::namespaced(client.clone(), &cfg.namespace), owned, trigger.clone());
-    // A released Lease is taken at once, not at the next resync.
+    // A released Lease is taken at once, not at the next retry.
+    let released = Arc::new(Notify::new());
     let lease = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
-    watch_released(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, trigger.clone());
+    watch_released(Api::<Lease>::namespaced(client.clone(), &cfg.namespace), lease, released.clone());
     if cfg.expand_claims {
         watch(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default(), trigger.clone());
         watch(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), trigger.clone());
@@ -150,7 +242,7 @@ pub async fn run(
         api: Api::namespaced(client.clone(), &cfg.namespace),
         name: cfg.lease_name.clone(),
         identity: cfg.identity.clone(),
-        duration_secs: 15,
+        duration_secs: LEASE_SECS,
     };
     tracing::info!(identity = %cfg.identity, namespace = %cfg.namespace, "controller started");
     let recorder = Recorder::new(
@@ -160,32 +252,27 @@ pub async fn run(
             instance: Some(cfg.identity.clone()),
         },
     );
+    let (leading_tx, leading) = signal::channel(None);
+    let elected = Arc::new(Notify::new());
+    let renew = keep_lease(&keeper, leading_tx, released, elected.clone(), &metrics, &healthy);
     let mut last_states = BTreeMap::new();
     let work = async {
         loop {
-            let leader = match keeper.tick().await {
-                Ok(l) => {
-                    healthy.store(true, Ordering::Relaxed);
-                    l
-                }
-                Err(e) => {
-                    healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "renewing the Lease failed");
-                    false
-                }
-            };
-            metrics.leader.set(i64::from(leader));
-            if leader {
-                lead(&client, &cfg, &metrics, &recorder, &mut last_states).await;
+            if leads(&leading)
+                && while_leading(&leading, lead(&client, &cfg, &metrics, &recorder, &mut last_states)).await.is_none()
+            {
+                tracing::warn!("pass cut off: the Lease was not renewed in time, another replica may lead now");
             }
-            // Renew well within the Lease duration; react at once to watched changes.
+            // React at once to watched changes and to being elected; otherwise resync every 5 s.
             tokio::select! {
                 _ = trigger.notified() => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ = elected.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
     };
     tokio::select! {
+        _ = renew => {}
         _ = work => {}
         _ = shutdown => {}
     }
@@ -213,5 +300,38 @@ mod tests {
         assert!(is_released(&held(None)));
         assert!(is_released(&held(Some(""))));
         assert!(!is_released(&held(Some("replica-a"))), "a renewal must not wake the loop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_runs_while_the_lease_is_renewed_and_is_cut_off_when_it_is_not() {
+        let (tx, leading) = signal::channel(None);
+        assert!(!leads(&leading));
+        // Renewed every 2 s: a 30-second pass runs to its end.
+        tx.send_replace(Some(Instant::now() + RENEW_DEADLINE));
+        let renewer = async {
+            for _ in 0..20 {
+                tokio::time::sleep(RETRY).await;
+                tx.send_replace(Some(Instant::now() + RENEW_DEADLINE));
+            }
+        };
+        let pass = while_leading(&leading, tokio::time::sleep(Duration::from_secs(30)));
+        let (done, ()) = tokio::join!(pass, renewer);
+        assert_eq!(done, Some(()));
+        // No renewal any more: cut off at the last deadline, before the Lease could lapse.
+        let start = Instant::now();
+        let cut = while_leading(&leading, tokio::time::sleep(Duration::from_secs(30))).await;
+        assert_eq!(cut, None);
+        assert!(start.elapsed() <= RENEW_DEADLINE && RENEW_DEADLINE < Duration::from_secs(LEASE_SECS as u64));
+        assert!(!leads(&leading));
+        // Lost outright: cut off at once.
+        tx.send_replace(Some(Instant::now() + RENEW_DEADLINE));
+        let lose = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(None);
+        };
+        let start = Instant::now();
+        let (cut, ()) = tokio::join!(while_leading(&leading, tokio::time::sleep(Duration::from_secs(30))), lose);
+        assert_eq!(cut, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 }
