@@ -63,6 +63,9 @@ diagnostics() {
   show kubectl get thinpools -o wide
   show kubectl -n "$NS" get pods -o wide
   show kubectl -n "$APP" get pvc,pods -o wide
+  # Expansion as the API records it: the request, what each claim holds, what it was marked with.
+  show kubectl -n "$APP" get pvc -o custom-columns='CLAIM:.metadata.name,REQUEST:.spec.resources.requests.storage,HOLDS:.status.capacity.storage,ALLOCATED:.status.allocatedResources.storage,RESIZE:.status.allocatedResourceStatuses.storage,VOLUME:.spec.volumeName'
+  show kubectl get pv -o custom-columns='VOLUME:.metadata.name,CAPACITY:.spec.capacity.storage,CLAIM:.spec.claimRef.name'
   if have_snapshot_api; then
     show kubectl -n "$APP" get volumesnapshots,volumesnapshotcontents -o wide
   else

@@ -32,5 +32,7 @@ ps -eo pid,stat,wchan:24,args | awk 'NR == 1 || $2 ~ /^D/' | cut -c1-160
 echo "--- device-mapper"
 dmsetup table 2>&1 | cut -c1-200
 dmsetup status 2>&1 | cut -c1-200
+echo "--- kubelet: volume expansion (last 20 lines)"
+grep -E 'NodeExpand|Expansion|expand' /var/log/cluster/kubelet.log 2>/dev/null | tail -20 | cut -c1-300
 echo "--- kernel log (last 25 lines)"
 dmesg | tail -25
