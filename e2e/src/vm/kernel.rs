@@ -20,6 +20,68 @@ impl Kernel {
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.version)
     }
+
+    /// What qemu boots: the kernel unpacked once (`vmlinux-<version>`, an ELF that qemu starts
+    /// through its PVH entry), so the guest does not spend seconds of emulated CPU unpacking itself
+    /// at every boot; the packaged `vmlinuz` when it cannot be unpacked or has no PVH entry.
+    pub fn boot_image(&self) -> PathBuf {
+        let unpacked = self.root.join("boot").join(format!("vmlinux-{}", self.version));
+        if unpacked.exists() {
+            return unpacked;
+        }
+        match unpack(&self.vmlinuz(), &unpacked) {
+            Ok(()) => unpacked,
+            Err(e) => {
+                eprintln!("e2e: booting the packaged vmlinuz: {e:#}");
+                self.vmlinuz()
+            }
+        }
+    }
+}
+
+const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
+
+/// Whether an ELF kernel has the PVH entry note (`Xen`, `XEN_ELFNOTE_PHYS32_ENTRY` = 18) that qemu
+/// needs to boot it directly.
+fn has_pvh_entry(elf: &[u8]) -> bool {
+    elf.starts_with(b"\x7fELF")
+        && [4u32, 8].iter().any(|descsz| {
+            let mut note = Vec::with_capacity(16);
+            for word in [4u32, *descsz, 18] {
+                note.extend_from_slice(&word.to_le_bytes());
+            }
+            note.extend_from_slice(b"Xen\0");
+            elf.windows(note.len()).any(|w| w == note.as_slice())
+        })
+}
+
+/// Unpacks the xz payload of a bzImage into `to` (written beside it, then renamed).
+fn unpack(bz_image: &Path, to: &Path) -> Result<()> {
+    let image = std::fs::read(bz_image)?;
+    let start =
+        image.windows(XZ_MAGIC.len()).position(|w| w == XZ_MAGIC).context("no xz payload in the kernel image")?;
+    let mut xz = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running xz (apt-get install xz-utils)")?;
+    let mut stdin = xz.stdin.take().context("xz stdin")?;
+    let payload = image[start..].to_vec();
+    let feed = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &payload));
+    let out = xz.wait_with_output()?;
+    // xz stops reading after the first stream: a broken pipe for the rest is expected.
+    let _ = feed.join();
+    if !out.status.success() {
+        bail!("xz could not unpack {}: {}", bz_image.display(), out.status);
+    }
+    if !has_pvh_entry(&out.stdout) {
+        bail!("the unpacked kernel has no PVH entry");
+    }
+    let tmp = to.with_file_name(format!("{}.partial", to.file_name().and_then(|n| n.to_str()).unwrap_or("vmlinux")));
+    std::fs::write(&tmp, &out.stdout)?;
+    std::fs::rename(&tmp, to)?;
+    Ok(())
 }
 
 /// The real package behind the `linux-image-amd64` meta package, e.g. `linux-image-6.1.0-56-amd64`.
@@ -81,4 +143,29 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(descsz: u32, kind: u32) -> Vec<u8> {
+        let mut n = Vec::new();
+        for w in [4u32, descsz, kind] {
+            n.extend_from_slice(&w.to_le_bytes());
+        }
+        n.extend_from_slice(b"Xen\0");
+        n
+    }
+
+    #[test]
+    fn the_pvh_entry_note_is_found_only_in_an_elf_that_has_it() {
+        for descsz in [4, 8] {
+            let elf = [b"\x7fELF".as_slice(), &[0; 60], &note(descsz, 18), &[0; 8]].concat();
+            assert!(has_pvh_entry(&elf));
+        }
+        let other_note = [b"\x7fELF".as_slice(), &note(8, 17)].concat();
+        assert!(!has_pvh_entry(&other_note));
+        assert!(!has_pvh_entry(&note(8, 18)), "not an ELF");
+    }
 }

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thinpool_csi::config::{Limits, LoopSpec, NodeConfig, PoolSpec};
 use thinpool_csi::csi::proto;
-use thinpool_csi::engine::Engine;
+use thinpool_csi::engine::{Engine, StartupReport};
 use thinpool_csi::store::{Kind, Source};
 
 use crate::csi::{create, mount_cap, unix_channel};
@@ -325,11 +325,15 @@ fn happened(op: &[String], now: &BTreeMap<Key, u64>) -> Result<bool> {
 /// the ledger says, with the one in-flight operation (when it was this pool's) done or undone.
 fn check_pool<P: thinpool_csi::dm::ThinPool>(
     pool: &str,
-    e: &Engine<P>,
+    (e, startup): (&Engine<P>, StartupReport),
     model: &mut Model,
     ledger: &mut Ledger,
 ) -> Result {
-    let check = e.check()?;
+    // The check start-up ran after recovery, under the same lock (run again only if it could not).
+    let check = match startup.check {
+        Some(check) => check,
+        None => e.check()?,
+    };
     ensure(check.is_clean(), format!("{pool}: `pool check` after recovery: {check:?}"))?;
     let now = records(e)?;
     if let Some((seq, op)) = model.in_flight.clone().filter(|(_, op)| op[0] == pool) {
@@ -374,11 +378,18 @@ fn cycle() -> Result {
     prepare_disks()?;
 
     let t = Instant::now();
-    let (lvm, _) = thinpool_csi::open::open_engine(&lvm_config())?;
-    check_pool("lvm", &lvm, &mut model, &mut ledger)?;
+    // The two pools share nothing: open them (LVM activation or loop set-up, then recovery) side
+    // by side, and check them in a fixed order, so the ledger reads the same on every replay.
+    let (lvm, csi) = std::thread::scope(|s| {
+        let lvm = s.spawn(|| thinpool_csi::open::open_engine(&lvm_config()));
+        let csi = thinpool_csi::open::open_engine(&csi_config());
+        (lvm.join(), csi)
+    });
+    let (lvm, lvm_startup) = lvm.map_err(|_| "opening the lvm pool panicked")??;
+    check_pool("lvm", (&lvm, lvm_startup), &mut model, &mut ledger)?;
     {
-        let (csi, _) = thinpool_csi::open::open_engine(&csi_config())?;
-        check_pool("csi", &csi, &mut model, &mut ledger)?;
+        let (csi, csi_startup) = csi?;
+        check_pool("csi", (&csi, csi_startup), &mut model, &mut ledger)?;
     }
     let mut plugin = start_plugin()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
