@@ -107,9 +107,7 @@ impl Guest<'_> {
             qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()));
         }
         let mut child = qemu
-            // Software emulation runs each step of a `rep movsb`/`rep stosb` on its own: without
-            // ERMS/FSRM the guest's kernel and libc copy and clear memory eight bytes per step.
-            .args(["-machine", "q35", "-cpu", "max,erms=off,fsrm=off", "-accel", "tcg,thread=multi"])
+            .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
             .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
             .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
             .arg("-kernel")
@@ -118,10 +116,7 @@ impl Guest<'_> {
             .arg(self.initramfs)
             .arg("-append")
             .arg(format!(
-                // No speculation mitigations (page-table isolation costs a TLB flush per system
-                // call, dear under emulation) and no zeroing of every page allocated: neither
-                // changes what device-mapper or the filesystems do.
-                "console=ttyS0 quiet panic=-1 loglevel=3 mitigations=off init_on_alloc=0 tpcsi.out={} tpcsi.ws={}",
+                "console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={} tpcsi.ws={}",
                 share.display(),
                 self.workspace.display()
             ))
