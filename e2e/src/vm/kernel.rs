@@ -23,19 +23,24 @@ impl Kernel {
 
     /// What qemu boots: the kernel unpacked once (`vmlinux-<version>`, an ELF that qemu starts
     /// through its PVH entry), so the guest does not spend seconds of emulated CPU unpacking itself
-    /// at every boot; the packaged `vmlinuz` when it cannot be unpacked or has no PVH entry.
+    /// at every boot; the packaged `vmlinuz` when it cannot be unpacked or has no PVH entry (tried
+    /// once: the reason is kept beside it, so later boots do not try again).
     pub fn boot_image(&self) -> PathBuf {
         let unpacked = self.root.join("boot").join(format!("vmlinux-{}", self.version));
+        let refused = unpacked.with_file_name(format!("vmlinux-{}.unusable", self.version));
         if unpacked.exists() {
             return unpacked;
         }
-        match unpack(&self.vmlinuz(), &unpacked) {
-            Ok(()) => unpacked,
-            Err(e) => {
-                eprintln!("e2e: booting the packaged vmlinuz: {e:#}");
-                self.vmlinuz()
+        if !refused.exists() {
+            match unpack(&self.vmlinuz(), &unpacked) {
+                Ok(()) => return unpacked,
+                Err(e) => {
+                    eprintln!("e2e: booting the packaged vmlinuz from now on: {e:#}");
+                    let _ = std::fs::write(&refused, format!("{e:#}\n"));
+                }
             }
         }
+        self.vmlinuz()
     }
 }
 

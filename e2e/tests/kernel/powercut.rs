@@ -325,7 +325,8 @@ fn happened(op: &[String], now: &BTreeMap<Key, u64>) -> Result<bool> {
 /// the ledger says, with the one in-flight operation (when it was this pool's) done or undone.
 fn check_pool<P: thinpool_csi::dm::ThinPool>(
     pool: &str,
-    (e, startup): (&Engine<P>, StartupReport),
+    e: &Engine<P>,
+    startup: StartupReport,
     model: &mut Model,
     ledger: &mut Ledger,
 ) -> Result {
@@ -386,10 +387,10 @@ fn cycle() -> Result {
         (lvm.join(), csi)
     });
     let (lvm, lvm_startup) = lvm.map_err(|_| "opening the lvm pool panicked")??;
-    check_pool("lvm", (&lvm, lvm_startup), &mut model, &mut ledger)?;
+    check_pool("lvm", &lvm, lvm_startup, &mut model, &mut ledger)?;
     {
         let (csi, csi_startup) = csi?;
-        check_pool("csi", (&csi, csi_startup), &mut model, &mut ledger)?;
+        check_pool("csi", &csi, csi_startup, &mut model, &mut ledger)?;
     }
     let mut plugin = start_plugin()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
