@@ -50,7 +50,8 @@ ensure_helm
 START=$(date +%s)
 passed=0
 
-step() { echo; echo "== $*"; }
+# step TITLE: a new step, with the seconds since the suite started (where a slow cluster spends its time).
+step() { echo; echo "== [$(( $(date +%s) - START )) s] $*"; }
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 # show COMMAND...: run a diagnostic command; its failure (a resource the cluster does not have, a
 # namespace never created) is printed and does not stop the other diagnostics.

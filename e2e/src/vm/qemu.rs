@@ -106,6 +106,11 @@ impl Guest<'_> {
             // same and only the host's disk syncs go.
             qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()));
         }
+        // `tsc=reliable clocksource=tsc`: under TCG the guest kernel finds the vCPUs' TSCs
+        // "unsynchronized" and falls back to the emulated HPET, which makes every clock read a
+        // syscall and a device exit (about 4 µs). The TSC qemu emulates follows the host's, which
+        // is synchronized; read through the vDSO it made a Go binary's start-up twice as fast
+        // here (`kube-apiserver --version` 1.1 s instead of 2.1 s).
         let mut child = qemu
             .args(["-machine", "q35", "-cpu", "max", "-accel", "tcg,thread=multi"])
             .args(["-smp", "2", "-m", &self.memory_mib.to_string()])
@@ -116,7 +121,7 @@ impl Guest<'_> {
             .arg(self.initramfs)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 quiet panic=-1 loglevel=3 tpcsi.out={} tpcsi.ws={}",
+                "console=ttyS0 quiet panic=-1 loglevel=3 tsc=reliable clocksource=tsc tpcsi.out={} tpcsi.ws={}",
                 share.display(),
                 self.workspace.display()
             ))
