@@ -3,10 +3,11 @@
 #   e2e/run.sh demo    a volume, a snapshot and a restore on a loop pool, in a VM with real dm-thin
 #   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, the chart's
 #                      alerts on its scrapes, 50 power cuts, a seeded fuzz run, and the cluster
-#                      suite when KUBECONFIG is set
+#                      suite on a one-node Kubernetes in the VM (as `cluster` below)
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
-#                      with Helm, and the cluster suite against it (not yet part of `test`)
+#                      with Helm, and the cluster suite against it
+# The cluster suite against a cluster of yours: KUBECONFIG=... bash e2e/cluster/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 e2e/install-deps.sh
@@ -21,6 +22,15 @@ run_cluster() {
   echo "== cluster: Kubernetes in the VM, the chart, the cluster suite"
   cargo run -q -p thinpool-e2e -- cluster
 }
+# phase NAME COMMAND...: one part of `test`, timed; the times are listed at the end.
+phases=()
+phase() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  phases+=("$(printf '%6d s  %s' $((SECONDS - start)) "$name")")
+}
 case "${1:-}" in
   demo)
     [ -x target/debug/thinpool-csi ] ||
@@ -28,22 +38,24 @@ case "${1:-}" in
     cargo run -q -p thinpool-e2e -- demo
     ;;
   test)
-    echo "== format"; cargo fmt --all --check
-    echo "== lints"; cargo clippy -q --workspace --all-targets -- -D warnings
-    echo "== unit tests (no root)"; cargo test -q --workspace
-    echo "== chart and manifests"; bash e2e/chart/check.sh
-    echo "== VM suite (real device-mapper)"; cargo run -q -p thinpool-e2e -- vm
-    echo "== the chart's alerts, evaluated by Prometheus's rule engine on the VM suite's scrapes"
-    (cd e2e/alerts && go test -count=1 ./...)
+    start=$SECONDS
+    phase "format" cargo fmt --all --check
+    phase "lints" cargo clippy -q --workspace --all-targets -- -D warnings
+    phase "unit tests (no root)" cargo test -q --workspace
+    phase "chart and manifests" bash e2e/chart/check.sh
+    # Its builds take both cores and come before its VM boots, which needs both too.
+    phase "cluster: Kubernetes in the VM, the chart installed with Helm, the cluster suite" run_cluster
+    phase "VM suite (real device-mapper)" cargo run -q -p thinpool-e2e -- vm
+    phase "the chart's alerts, evaluated by Prometheus's rule engine on the VM suite's scrapes" \
+      bash -c 'cd e2e/alerts && go test -count=1 ./...'
     # CUTS, FUZZ_SECONDS and SEED change the defaults below (the seed is printed either way).
-    echo "== power cuts (the VM killed at random moments, persistent disks)"
-    cargo run -q -p thinpool-e2e -- powercut --cuts "${CUTS:-50}" ${SEED:+--seed "$SEED"}
-    echo "== fuzz (every target, seeded, from the committed corpus)"
-    SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}" bash e2e/fuzz.sh
-    # The cluster in the VM (e2e/run.sh cluster) is not part of this yet: with its cold Go and image
-    # builds it would take CI past its 90 minutes (README, "CI"). The suite runs here against a
-    # cluster of yours when KUBECONFIG is set.
-    echo "== cluster suite (needs KUBECONFIG)"; bash e2e/cluster/run.sh
+    phase "power cuts (the VM killed at random moments, persistent disks)" \
+      cargo run -q -p thinpool-e2e -- powercut --cuts "${CUTS:-50}" ${SEED:+--seed "$SEED"}
+    phase "fuzz (every target, seeded, from the committed corpus)" \
+      env SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}" bash e2e/fuzz.sh
+    echo "== times"
+    printf '%s\n' "${phases[@]}"
+    printf '%6d s  %s\n' $((SECONDS - start)) "e2e/run.sh test"
     ;;
   cluster)
     run_cluster

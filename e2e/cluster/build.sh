@@ -5,9 +5,9 @@
 #   containerd v2.4.2 (containerd, containerd-shim-runc-v2, ctr) with `go install`, and the CSI
 #   sidecars the chart runs (csi-provisioner v6.3.0, csi-snapshotter and snapshot-controller v8.6.0)
 #   from e2e/cluster/sidecars/.
-# All static (CGO_ENABLED=0), -trimpath, stripped. A binary newer than its module's go.mod,
-# go.sum (and this script) is skipped; FORCE=1 rebuilds everything. Go's build cache makes a
-# forced rebuild cost only the links.
+# All static (CGO_ENABLED=0), -trimpath, stripped. A binary made from the same go.mod, go.sum,
+# this script and Go version (the hash in BINARY.inputs) is skipped; FORCE=1 rebuilds everything.
+# Go's build cache makes a forced rebuild cost only the links.
 # Never run this while the test VM runs: it takes both cores.
 set -euo pipefail
 
@@ -25,20 +25,10 @@ FORCE=${FORCE:-0}
 
 export CGO_ENABLED=0
 
-# stale BINARY DEPENDENCY... -> true if BINARY is missing or older than any DEPENDENCY.
-stale() {
-	local out=$1
-	shift
-	[[ $FORCE == 1 || ! -x $out ]] && return 0
-	local dep
-	for dep in "$@"; do
-		[[ $dep -nt $out ]] && return 0
-	done
-	return 1
-}
-
 # shellcheck source=e2e/cluster/step.sh
 . "$here/step.sh"
+# go_inputs FILE...: what a binary is made from: FILEs, this script and the Go toolchain.
+go_inputs() { inputs_of "$@" "${BASH_SOURCE[0]}" -- "$(go env GOVERSION)"; }
 
 kube_major=${KUBE_VERSION#v}
 kube_major=${kube_major%%.*}
@@ -54,35 +44,41 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 build_kube() {
-	local mod="$here/kube" todo=() cmd
-	for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-		if stale "$bin/$cmd" "$mod/go.mod" "$mod/go.sum" "${BASH_SOURCE[0]}"; then
-			todo+=("k8s.io/kubernetes/cmd/$cmd")
-		else
+	local mod="$here/kube" todo=() cmd inputs
+	inputs=$(go_inputs "$mod/go.mod" "$mod/go.sum")
+	local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+	for cmd in "${cmds[@]}"; do
+		if fresh "$bin/$cmd" "$inputs"; then
 			echo "up to date: $cmd"
+		else
+			todo+=("k8s.io/kubernetes/cmd/$cmd")
 		fi
 	done
 	((${#todo[@]})) || return 0
 	# One `go build` for all of them: the packages they share compile once, in parallel.
 	(cd "$mod" && go build -trimpath -ldflags "$kube_ldflags" -o "$bin/" "${todo[@]}")
+	for cmd in "${cmds[@]}"; do made "$bin/$cmd" "$inputs"; done
 }
 
 build_etcd() {
-	local mod="$here/etcd"
-	if stale "$bin/etcd" "$mod/go.mod" "$mod/go.sum" "$mod/main.go" "${BASH_SOURCE[0]}"; then
-		(cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" .)
-	else
+	local mod="$here/etcd" inputs
+	inputs=$(go_inputs "$mod/go.mod" "$mod/go.sum" "$mod/main.go")
+	if fresh "$bin/etcd" "$inputs"; then
 		echo "up to date: etcd"
+	else
+		(cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" .)
+		made "$bin/etcd" "$inputs"
 	fi
 }
 
 build_containerd() {
-	local todo=() cmd
+	local todo=() cmd inputs
+	inputs=$(go_inputs)
 	for cmd in containerd containerd-shim-runc-v2 ctr; do
-		if stale "$bin/$cmd" "${BASH_SOURCE[0]}"; then
-			todo+=("github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD_VERSION")
-		else
+		if fresh "$bin/$cmd" "$inputs"; then
 			echo "up to date: $cmd"
+		else
+			todo+=("github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD_VERSION")
 		fi
 	done
 	((${#todo[@]})) || return 0
@@ -91,20 +87,22 @@ build_containerd() {
 	(cd "$root" && GOBIN="$bin" go install -trimpath -tags no_btrfs \
 		-ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
 		"${todo[@]}")
+	for cmd in containerd containerd-shim-runc-v2 ctr; do made "$bin/$cmd" "$inputs"; done
 }
 
 build_sidecars() {
-	local mod="$here/sidecars" todo=() cmd pkg
+	local mod="$here/sidecars" todo=() cmd pkg inputs
 	declare -A pkgs=(
 		[csi-provisioner]=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 		[csi-snapshotter]=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
 		[snapshot-controller]=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
 	)
+	inputs=$(go_inputs "$mod/go.mod" "$mod/go.sum")
 	for cmd in csi-provisioner csi-snapshotter snapshot-controller; do
-		if stale "$bin/$cmd" "$mod/go.mod" "$mod/go.sum" "${BASH_SOURCE[0]}"; then
-			todo+=("$cmd")
-		else
+		if fresh "$bin/$cmd" "$inputs"; then
 			echo "up to date: $cmd"
+		else
+			todo+=("$cmd")
 		fi
 	done
 	for cmd in "${todo[@]}"; do
@@ -115,6 +113,7 @@ build_sidecars() {
 		*) version=$SNAPSHOTTER_VERSION ;;
 		esac
 		(cd "$mod" && go build -trimpath -ldflags "-s -w -X main.version=$version" -o "$bin/$cmd" "$pkg")
+		made "$bin/$cmd" "$inputs"
 	done
 }
 

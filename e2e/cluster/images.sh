@@ -130,14 +130,14 @@ make_bases() {
 # same; the Dockerfile stays plain).
 thinpool_csi_image() {
 	local cargo_cache="${CARGO_HOME:-$HOME/.cargo}/registry" target_cache="$root/target/cluster/image-target"
-	local ca=/etc/ssl/certs/ca-certificates.crt stamp="$out/thinpool-csi.inputs" inputs
+	local ca=/etc/ssl/certs/ca-certificates.crt inputs
 	# What the Dockerfile COPYs (as .dockerignore filters it), and the Dockerfile: built again only
 	# when one of them changed (a build with nothing to do still costs two minutes of layer copies).
 	local -a ignored
 	mapfile -t ignored < <(sed -n 's|^\([^#].*\)/*$|:(exclude,glob)\1|p' "$root/.dockerignore" | sed 's|/*$||')
 	inputs=$(cd "$root" && git ls-files -co --exclude-standard -- Dockerfile .dockerignore Cargo.toml Cargo.lock \
 		rustfmt.toml csi e2e "${ignored[@]}" | LC_ALL=C sort | xargs sha256sum | sha256sum)
-	if [[ -s $out/thinpool-csi.tar && $(cat "$stamp" 2>/dev/null) == "$inputs" ]]; then
+	if fresh "$out/thinpool-csi.tar" "$inputs"; then
 		echo "up to date: $THINPOOL_CSI_IMAGE"
 		return
 	fi
@@ -150,14 +150,15 @@ thinpool_csi_image() {
 		/usr/local/bin/thinpool-csi --version
 	"${BUILDAH[@]}" rm -a >/dev/null
 	export_image "$THINPOOL_CSI_IMAGE" "$out/thinpool-csi.tar"
-	echo "$inputs" >"$stamp"
+	made "$out/thinpool-csi.tar" "$inputs"
 }
 
 # single_binary IMAGE FILE BINARY ENTRYPOINT...: an image holding one static binary.
 single_binary() {
-	local image=$1 file=$2 binary=$3 c
+	local image=$1 file=$2 binary=$3 c inputs
 	shift 3
-	if [[ -s $file && $file -nt $binary && $file -nt ${BASH_SOURCE[0]} ]]; then
+	inputs=$(inputs_of "$binary" "${BASH_SOURCE[0]}" -- "$@")
+	if fresh "$file" "$inputs"; then
 		echo "up to date: $image"
 		return
 	fi
@@ -168,6 +169,7 @@ single_binary() {
 	"${BUILDAH[@]}" config --entrypoint "[${entry%,}]" "$c"
 	"${BUILDAH[@]}" commit -q --rm "$c" "$image" >/dev/null
 	export_image "$image" "$file"
+	made "$file" "$inputs"
 }
 
 sidecar_images() {
@@ -181,8 +183,9 @@ sidecar_images() {
 # workload of the test pods (sh, dd, sleep, stat, blockdev).
 busybox_images() {
 	single_binary "$PAUSE_IMAGE" "$out/pause.tar" /bin/busybox /busybox sleep 2147483647
-	local file="$out/busybox.tar" c
-	if [[ -s $file && $file -nt /bin/busybox && $file -nt ${BASH_SOURCE[0]} ]]; then
+	local file="$out/busybox.tar" c inputs
+	inputs=$(inputs_of /bin/busybox "${BASH_SOURCE[0]}")
+	if fresh "$file" "$inputs"; then
 		echo "up to date: $WORKLOAD_IMAGE"
 		return
 	fi
@@ -192,6 +195,7 @@ busybox_images() {
 	"${BUILDAH[@]}" config --cmd '["sh"]' "$c"
 	"${BUILDAH[@]}" commit -q --rm "$c" "$WORKLOAD_IMAGE" >/dev/null
 	export_image "$WORKLOAD_IMAGE" "$file"
+	made "$file" "$inputs"
 }
 
 # The guest's containerd image store, made here at native speed: containerd (the one build.sh made)
@@ -199,9 +203,10 @@ busybox_images() {
 # store becomes an ext4 disk image that the VM attaches copy-on-write (the file never changes) and
 # mounts at /var/lib/containerd. Importing the same archives inside the emulated guest took 6 min.
 image_store() {
-	local disk="$root/target/cluster/images.ext4" store="$state/containerd" tar fresh=1
-	for tar in "$out"/*.tar "${BASH_SOURCE[0]}"; do [[ $disk -nt $tar ]] || fresh=0; done
-	if ((fresh)); then
+	local disk="$root/target/cluster/images.ext4" store="$state/containerd" tar inputs
+	# The archives' own stamps stand for their contents (hashing them again would take seconds).
+	inputs=$(inputs_of "$out"/*.tar.inputs "${BASH_SOURCE[0]}")
+	if fresh "$disk" "$inputs"; then
 		echo "up to date: $disk"
 		return
 	fi
@@ -241,6 +246,7 @@ image_store() {
 	rm -f "$disk"
 	mke2fs -q -t ext4 -L tpcsi-images -d "$store/root" "$disk" "${size_mib}M"
 	rm -rf "$store"
+	made "$disk" "$inputs"
 }
 
 total=$SECONDS

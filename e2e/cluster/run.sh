@@ -147,14 +147,27 @@ ${4:-}
 EOF
 }
 ready() { kubectl -n "$APP" wait --for=condition=Ready "pod/$1" --timeout="$(patient "${2:-180}")s" >/dev/null || die "pod $1 not Ready"; }
-# until_ok SECONDS DESCRIPTION COMMAND...: retry COMMAND every second for SECONDS (times the patience).
+# until_ok SECONDS DESCRIPTION COMMAND...: retry COMMAND every 2 s for SECONDS (times the patience).
+# (Each try starts kubectl: on an emulated node that costs more than a CPU-second, so tries are spaced.)
 until_ok() {
   local limit; limit=$(patient "$1"); local what=$2; shift 2
   local deadline=$(( $(date +%s) + limit )) last
   until last=$("$@" 2>&1); do
     [ "$(date +%s)" -lt "$deadline" ] || die "$what (waited ${limit}s; the last try said: ${last:-nothing})"
-    sleep 1
+    sleep 2
   done
+}
+# watch_until SECONDS DESCRIPTION JSONPATH VALUE OBJECT...: wait until the field JSONPATH of OBJECT
+# (kubectl get arguments) reads VALUE, on a watch (`kubectl wait --for=jsonpath`: one process, no
+# polling). kubectl wait fails at once while the object does not exist yet: then it is tried again.
+watch_until() {
+  local limit; limit=$(patient "$1"); local what=$2 path=$3 value=$4; shift 4
+  local deadline=$(( $(date +%s) + limit )) left
+  while left=$(( deadline - $(date +%s) )); [ "$left" -gt 0 ]; do
+    kubectl wait "$@" --for=jsonpath="$path"="$value" --timeout="${left}s" >/dev/null 2>&1 && return 0
+    sleep 2
+  done
+  die "$what (waited ${limit}s; it reads '$(kubectl get "$@" -o jsonpath="$path" 2>&1)')"
 }
 # helm_retrying ARGS...: helm, tried again (3 tries in all) when it failed on a transient API error:
 # a slow API server (an emulated one, a loaded one) can time out helm's OpenAPI download.
@@ -235,8 +248,7 @@ step "every node with a plugin has a rw ThinPool"
 nodes=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[*].spec.nodeName}')
 [ -n "$nodes" ] || die "no node plugin pods"
 for n in $nodes; do
-  until_ok 120 "ThinPool $n in state rw" \
-    bash -c "kubectl get thinpool '$n' -o jsonpath='{.status.mode}' | grep -qx rw"
+  watch_until 120 "ThinPool $n in state rw" '{.status.mode}' rw thinpool "$n"
 done
 kubectl get thinpools
 counts_of() { kubectl get thinpool "$1" -o jsonpath='{.status.volumes}/{.status.snapshots}'; }
@@ -326,12 +338,12 @@ t_pool=""; t_cap=""; deadline=$(( $(date +%s) + $(patient 120) ))
 while [ -z "$t_cap" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   [ -n "$t_pool" ] || { [ "$(allowed_of)" != "$before_pool" ] && t_pool=$(date +%s.%N); }
   [ -n "$t_pool" ] && [ "$(cap_of)" != "$before_cap" ] && t_cap=$(date +%s.%N)
-  sleep 0.1
+  sleep 0.5
 done
 if [ -n "$t_cap" ]; then
   timing "ThinPool change -> CSIStorageCapacity" "$(elapsed "$t_pool")"
   echo "capacity followed the ThinPool change within $(awk "BEGIN{printf \"%.1f\", $t_cap - $t_pool}") s" \
-       "(polling every 0.1 s, kubectl round trips included)"
+       "(polling every 0.5 s, kubectl round trips included)"
   ok "capacity object updated after a new volume"
 else
   die "the CSIStorageCapacity for $node never changed after a new volume (ThinPool changed: ${t_pool:+yes})"
@@ -350,8 +362,7 @@ spec:
   volumeSnapshotClassName: thinpool-snapshots
   source: {persistentVolumeClaimName: data}
 EOF
-until_ok 120 "VolumeSnapshot ready" \
-  bash -c "kubectl -n '$APP' get volumesnapshot snap -o jsonpath='{.status.readyToUse}' | grep -qx true"
+watch_until 120 "VolumeSnapshot ready" '{.status.readyToUse}' true -n "$APP" volumesnapshot snap
 timing "VolumeSnapshot created -> readyToUse" "$(elapsed "$t_snap")"
 kubectl -n "$APP" exec writer -- sh -c 'echo changed-after-snapshot > /data/hello && sync'
 t_restore=$(date +%s.%N)
@@ -505,7 +516,7 @@ done
 until_ok 180 "a new plugin pod Ready" \
   bash -c "kubectl -n '$NS' get pods -l app.kubernetes.io/component=node --field-selector spec.nodeName=$node -o jsonpath='{.items[*].metadata.name}{\" \"}{.items[*].status.conditions[?(@.type==\"Ready\")].status}' | grep -v '${plugin#pod/}' | grep -q True"
 timing "plugin pod deleted -> new one Ready" "$(elapsed "$t_plugin")"
-until_ok 60 "ThinPool $node rw again" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+watch_until 60 "ThinPool $node rw again" '{.status.mode}' rw thinpool "$node"
 [ "$(kubectl -n "$APP" exec writer -- grep -c during-restart /data/log)" = 5 ] || die "the writes made during the restart are not all there"
 ok "the workload kept writing; the new plugin pod is Ready and the pool rw"
 
@@ -528,7 +539,7 @@ ok "capacity followed a new volume after the failover"
 
 step "helm upgrade with the same chart"
 helm_retrying upgrade "$RELEASE" charts/thinpool-csi -n "$NS" --reuse-values --wait --timeout "$(patient 300)s" >/dev/null || die "helm upgrade"
-until_ok 60 "ThinPool $node rw" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+watch_until 60 "ThinPool $node rw" '{.status.mode}' rw thinpool "$node"
 kubectl -n "$APP" exec writer -- grep -q changed-after-snapshot /data/hello || die "data unreadable after the upgrade"
 ok "upgraded in place; volumes still mounted and readable"
 
@@ -537,7 +548,7 @@ step "helm uninstall with volumes present loses nothing; a reinstall finds them"
 kubectl -n "$APP" exec writer -- sh -c 'echo while-uninstalled >> /data/log && sync' || die "the mounted volume stopped working without the driver"
 helm_retrying install "$RELEASE" charts/thinpool-csi -n "$NS" --wait --timeout "$(patient 300)s" "${install_values[@]}" >/dev/null ||
   die "helm install after uninstall"
-until_ok 120 "ThinPool $node rw after the reinstall" bash -c "kubectl get thinpool '$node' -o jsonpath='{.status.mode}' | grep -qx rw"
+watch_until 120 "ThinPool $node rw after the reinstall" '{.status.mode}' rw thinpool "$node"
 pod_on reread data
 ready reread
 [ "$(kubectl -n "$APP" exec reread -- tail -1 /data/log)" = while-uninstalled ] || die "the data written while uninstalled is not there"

@@ -45,9 +45,43 @@ keep_logs() {
 	mkdir -p "$THINPOOL_E2E_OUT/logs"
 	cp -r "$LOGS" /var/log/pods "$THINPOOL_E2E_OUT/logs/" 2>/dev/null || true
 }
+# Where the guest's two emulated CPUs went: busy and idle time (since boot, and during the suite),
+# then each process's CPU seconds, its own and those of the children it waited for (the suite's
+# kubectl calls are counted under this script).
+cpu_busy_idle() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
+cpu_report() {
+	local hz busy idle
+	hz=$(getconf CLK_TCK)
+	read -r busy idle < <(cpu_busy_idle)
+	echo "--- guest CPU: $(nproc) vCPUs, up $(cut -d' ' -f1 /proc/uptime) s"
+	awk -v hz="$hz" -v b="$busy" -v i="$idle" -v b0="${SUITE_CPU[0]:-$busy}" -v i0="${SUITE_CPU[1]:-$idle}" 'BEGIN {
+		printf "since boot: busy %.0f s, idle %.0f s\n", b / hz, i / hz
+		if (b > b0) printf "during the suite: busy %.0f s, idle %.0f s (%.0f%% busy)\n", (b - b0) / hz, (i - i0) / hz, 100 * (b - b0) / (b - b0 + i - i0) }'
+	echo "--- CPU seconds by process (own + waited-for children), the 25 largest"
+	python3 - "$hz" <<-'PY'
+		import os, sys
+		hz = int(sys.argv[1])
+		rows = []
+		for pid in filter(str.isdigit, os.listdir("/proc")):
+		    try:
+		        stat = open(f"/proc/{pid}/stat").read()
+		        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+		    except OSError:
+		        continue
+		    f = stat[stat.rindex(")") + 2:].split()
+		    own, kids = (int(f[11]) + int(f[12])) / hz, (int(f[13]) + int(f[14])) / hz
+		    name = os.path.basename(argv[0].decode(errors="replace")) if argv[0] else stat[stat.index("(") + 1:stat.rindex(")")]
+		    if name in ("bash", "sh", "python3") and len(argv) > 1:
+		        name += " " + os.path.basename(argv[1].decode(errors="replace"))
+		    rows.append((own + kids, own, kids, pid, name))
+		for total, own, kids, pid, name in sorted(rows, reverse=True)[:25]:
+		    print(f"{total:8.1f} s  own {own:8.1f}  children {kids:8.1f}  {pid:>6}  {name}")
+	PY
+}
 on_exit() {
 	local rc=$?
 	keep_logs
+	cpu_report
 	[[ $rc == 0 ]] || { say "failed (exit $rc); all logs: $THINPOOL_E2E_OUT/logs"; show_logs; }
 }
 trap on_exit EXIT
@@ -145,7 +179,20 @@ background kube-apiserver kube-apiserver --etcd-servers=http://127.0.0.1:2379 \
 	--service-account-signing-key-file="$PKI/service-accounts.key"
 wait_for 300 "the API server answering" kubectl get --raw /readyz
 say "API server ready ($(kubectl version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -1))"
+# Controllers for what this cluster never has (quotas, autoscalers, jobs, stateful sets, cloud
+# load balancers and routes, CSRs: every certificate is made above, DRA) are left off: each costs
+# the emulated CPUs watches and periodic passes (the quota controller's API discovery every 30 s).
+# Everything the chart and the suite use (deployments, daemon sets, PDBs, PV binding, expansion,
+# attach/detach, garbage collection, namespaces, service accounts and tokens) stays on.
+unused_controllers=(resourcequota horizontal-pod-autoscaler cronjob job ttl-after-finished statefulset
+	replicationcontroller endpointslice-mirroring service-lb node-route cloud-node-lifecycle
+	certificatesigningrequest-approving certificatesigningrequest-cleaner certificatesigningrequest-signing
+	legacy-serviceaccount-token-cleaner storage-version-migrator storageversion-garbage-collector
+	resourceclaim device-taint-eviction resourcepoolstatusrequest podcertificaterequest-cleaner
+	podgroup-protection)
+controllers="*$(printf ',-%s-controller' "${unused_controllers[@]}")"
 background kube-controller-manager kube-controller-manager --kubeconfig="$E2E/controller-manager.kubeconfig" \
+	--controllers="$controllers" \
 	--leader-elect=false --use-service-account-credentials=true \
 	--service-account-private-key-file="$PKI/service-accounts.key" --root-ca-file="$PKI/ca.crt" \
 	--cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
@@ -202,6 +249,9 @@ tlsPrivateKeyFile: $PKI/kubelet.key
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# Pods are synced every 20 s instead of every minute: the kubelet notices a grown claim of a
+# running pod (online expansion) at its next sync of that pod.
+syncFrequency: 20s
 EOF
 background kubelet kubelet --config="$E2E/kubelet.yaml" --kubeconfig="$E2E/kubelet.kubeconfig" \
 	--hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir=/var/lib/kubelet --v=2
@@ -233,5 +283,6 @@ export THINPOOL_E2E_WORKLOAD_IMAGE=thinpool-csi.local/busybox:debian
 # Everything under emulation takes minutes: a pod starts in 1-2 min, a snapshot is ready in 2-3.
 export THINPOOL_E2E_PATIENCE=4
 export THINPOOL_E2E_NODE_DIAGNOSTICS="bash $WS/e2e/guest/node-diagnostics.sh"
+read -r -a SUITE_CPU < <(cpu_busy_idle)
 bash "$WS/e2e/cluster/run.sh"
 say "done"

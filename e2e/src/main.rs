@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             let script =
                 format!("export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
             // The control plane, containerd's images and the loop pool all live in the guest's memory.
-            vm::run_in_vm_with("cluster", &script, limit(5400), false, 8192, &[images])
+            vm::run_in_vm_with("cluster", &script, limit(3600), false, 8192, &[images])
         }
         Cmd::Powercut { cuts, seed } => {
             let seed = seed.unwrap_or_else(|| {
