@@ -4,7 +4,7 @@
 #   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, the chart's
 #                      alerts on its scrapes, 50 power cuts, a seeded fuzz run, and the cluster
 #                      suite against KUBECONFIG when it is set; VM_CLUSTER=1 adds the cluster in
-#                      the VM (as `cluster` below: 41 more minutes, too many for CI, see README "CI")
+#                      the VM (as `cluster` below: about 50 more minutes, too many for CI, see README "CI")
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
 #                      with Helm, and the cluster suite against it

@@ -21,7 +21,6 @@ KUBE_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy, for r
 CONTAINERD_VERSION=v2.4.2
 PROVISIONER_VERSION=v6.3.0 # e2e/cluster/sidecars/go.mod pins the same
 SNAPSHOTTER_VERSION=v8.6.0
-FORCE=${FORCE:-0}
 
 export CGO_ENABLED=0
 
