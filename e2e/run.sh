@@ -8,6 +8,9 @@
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
 #                      with Helm, and the cluster suite against it
+#   e2e/run.sh upstream [SHARD...]  the same cluster judged by Kubernetes' own storage e2e suite
+#                      (e2e/upstream/README.md; `upstream list` names the shards), results kept
+#                      in e2e/upstream/RESULTS.md
 # The cluster suite against a cluster of yours: KUBECONFIG=... bash e2e/cluster/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +47,7 @@ case "${1:-}" in
     phase "lints" cargo clippy -q --workspace --all-targets -- -D warnings
     phase "unit tests (no root)" cargo test -q --workspace
     phase "chart and manifests" bash e2e/chart/check.sh
+    phase "documentation links" python3 e2e/docs/check-links.py
     # VM_CLUSTER=1: the cluster in the VM too. Its builds take both cores and come before its VM
     # boots, which needs both too.
     if [ "${VM_CLUSTER:-0}" = 1 ]; then
@@ -65,12 +69,16 @@ case "${1:-}" in
   cluster)
     run_cluster
     ;;
+  upstream)
+    shift
+    bash e2e/upstream/run.sh "$@"
+    ;;
   bench)
     # SMOKE=1: an unoptimised build, only to see that it runs (CI).
     cargo run -q -p thinpool-e2e -- bench --ops "${OPS:-200}" ${SMOKE:+--smoke}
     ;;
   *)
-    echo "usage: e2e/run.sh demo|test|bench|cluster" >&2
+    echo "usage: e2e/run.sh demo|test|bench|cluster|upstream [SHARD...]" >&2
     exit 2
     ;;
 esac

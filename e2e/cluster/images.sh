@@ -9,6 +9,11 @@
 #       snapshot-controller:v8.6.0  the Go binaries of e2e/cluster/build.sh, one file each
 #   thinpool-csi.local/pause:busybox   the pod sandbox (containerd's pinned sandbox image): sleeps
 #   thinpool-csi.local/busybox:debian  the test pods' workload: Debian's busybox-static
+#   the images Kubernetes' storage e2e suite (e2e/upstream) starts, under the names it asks for
+#       (`e2e.test --list-images`): agnhost:2.63.0 is Debian's busybox-static plus the agnhost
+#       binary of e2e/upstream/build.sh as its entrypoint; busybox, nginx, glibc-dns-testing and
+#       pause are the busybox image above tagged with their names (the storage specs only run
+#       shell commands in them; see e2e/upstream/README.md)
 # Run e2e/cluster/build.sh first. Never run this while the test VM runs: it takes both cores.
 set -euo pipefail
 
@@ -198,6 +203,31 @@ busybox_images() {
 	made "$file" "$inputs"
 }
 
+# The storage e2e suite's helper image: its host-exec pods run busybox's nsenter and sh, subPath's
+# containers run `/agnhost mounttest ...` through the entrypoint (as the real image's).
+AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.63.0
+# Names the storage specs ask for that any image with a POSIX shell serves (each spec gives the
+# command): tagged onto the busybox workload image in the store.
+UPSTREAM_SHELL_IMAGES=(registry.k8s.io/e2e-test-images/busybox:1.37.0-1 registry.k8s.io/e2e-test-images/nginx:1.15-4
+	registry.k8s.io/e2e-test-images/glibc-dns-testing:2.0.0 registry.k8s.io/pause:3.10.2)
+upstream_images() {
+	bash "$root/e2e/upstream/build.sh" agnhost
+	local agnhost="$root/target/upstream/bin/agnhost" file="$out/agnhost.tar" c inputs
+	inputs=$(inputs_of /bin/busybox "$agnhost" "${BASH_SOURCE[0]}")
+	if fresh "$file" "$inputs"; then
+		echo "up to date: $AGNHOST_IMAGE"
+		return
+	fi
+	c=$("${BUILDAH[@]}" from scratch)
+	"${BUILDAH[@]}" copy --chmod 0755 "$c" /bin/busybox /bin/busybox
+	"${BUILDAH[@]}" run --isolation chroot "$c" /bin/busybox --install -s /bin
+	"${BUILDAH[@]}" copy --chmod 0755 "$c" "$agnhost" /agnhost
+	"${BUILDAH[@]}" config --entrypoint '["/agnhost"]' --cmd '["pause"]' "$c"
+	"${BUILDAH[@]}" commit -q --rm "$c" "$AGNHOST_IMAGE" >/dev/null
+	export_image "$AGNHOST_IMAGE" "$file"
+	made "$file" "$inputs"
+}
+
 # The guest's containerd image store, made here at native speed: containerd (the one build.sh made)
 # imports every archive into a store under target/, unpacked for its overlayfs snapshotter, and the
 # store becomes an ext4 disk image that the VM attaches copy-on-write (the file never changes) and
@@ -237,6 +267,10 @@ image_store() {
 			return 1
 		fi
 	done
+	local name
+	for name in "${UPSTREAM_SHELL_IMAGES[@]}"; do
+		"$bin/ctr" -a "$store/containerd.sock" -n k8s.io images tag "$WORKLOAD_IMAGE" "$name" >/dev/null
+	done
 	"$bin/ctr" -a "$store/containerd.sock" -n k8s.io images ls -q | grep -v '^sha256:'
 	kill "$pid"
 	wait "$pid" || true
@@ -254,6 +288,7 @@ step "base images" base_images
 step "thinpool-csi image (Dockerfile)" thinpool_csi_image
 step "sidecar images" sidecar_images
 step "busybox images" busybox_images
+step "the storage e2e suite's images" upstream_images
 step "containerd image store (target/cluster/images.ext4)" image_store
 # Images a rebuild replaced (vfs keeps a full copy of every layer).
 "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true

@@ -8,9 +8,11 @@
 # route; node, pod and service ranges come from 198.18.0.0/15 and exist only in this kernel.
 #   node 198.18.0.2   pods 198.18.128.0/17 (bridge cni0)   services 198.19.0.0/16
 #
-# Environment (set by `thinpool-e2e cluster`):
+# Environment (set by `thinpool-e2e cluster` and `thinpool-e2e upstream`):
 #   THINPOOL_E2E_WS     the workspace (the repository), as seen in the guest
 #   THINPOOL_E2E_KROOT  the unpacked kernel package (for modprobe -d)
+#   THINPOOL_E2E_UPSTREAM_SHARDS  when set, Kubernetes' storage e2e suite runs these shards
+#                       (e2e/upstream/guest.sh) instead of the cluster suite
 set -euo pipefail
 WS=$THINPOOL_E2E_WS
 BIN=$WS/target/cluster/bin
@@ -277,6 +279,15 @@ say "snapshot CRDs and snapshot-controller applied"
 # server takes long to build the first time (a cold request once timed out inside helm install).
 wait_for 300 "the API server's OpenAPI document" kubectl get --raw /openapi/v2 --request-timeout=120s
 say "OpenAPI document served"
+
+# --- Kubernetes' storage e2e suite instead of ours (`thinpool-e2e upstream`), which installs the
+# chart itself
+if [[ -n ${THINPOOL_E2E_UPSTREAM_SHARDS:-} ]]; then
+	read -r -a SUITE_CPU < <(cpu_busy_idle)
+	bash "$WS/e2e/upstream/guest.sh"
+	say "done"
+	exit 0
+fi
 
 # --- the cluster suite, which installs the chart with helm
 export THINPOOL_E2E_WORKLOAD_IMAGE=thinpool-csi.local/busybox:debian

@@ -5,6 +5,8 @@
 //! - `bench`: create/snapshot/delete latency against LVM on the same kind of pool.
 //! - `cluster`: a one-node Kubernetes cluster in the VM, the chart installed with Helm, and the
 //!   cluster suite run against it (after `e2e/cluster/build.sh` and `e2e/cluster/images.sh`).
+//! - `upstream SHARD...`: the same cluster, the chart, and shards of Kubernetes' own storage e2e
+//!   suite (after `e2e/upstream/build.sh` too); its reports stay in `target/vm/runs/upstream/`.
 //! - `powercut`: a guest on persistent disks killed at random moments, checked after every boot.
 
 mod build;
@@ -44,6 +46,12 @@ enum Cmd {
     },
     /// Bring up a one-node Kubernetes cluster in the VM and run the cluster suite against it.
     Cluster,
+    /// Bring up the same cluster and run shards of Kubernetes' storage e2e suite against it
+    /// (e2e/upstream/shards.sh names them; the limit is 15 minutes plus 80 per shard).
+    Upstream {
+        #[arg(required = true)]
+        shards: Vec<String>,
+    },
     /// Kill the guest at random moments of a workload on persistent disks; check after each boot.
     Powercut {
         /// Power cuts (boots that are killed); one more boot checks at the end.
@@ -95,19 +103,14 @@ fn run(cli: Cli) -> Result<()> {
             );
             vm::run_in_vm("demo", &script, limit(300), false)
         }
-        Cmd::Cluster => {
-            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
-            let images = workspace.join("target/cluster/images.ext4");
-            for needed in ["target/cluster/bin/kubelet", "target/cluster/images.ext4"] {
-                anyhow::ensure!(
-                    workspace.join(needed).exists(),
-                    "{needed} is missing: run e2e/cluster/build.sh and e2e/cluster/images.sh first (e2e/run.sh cluster does)"
-                );
+        Cmd::Cluster => cluster_in_vm("cluster", "", limit(3600)),
+        Cmd::Upstream { shards } => {
+            if let Some(bad) = shards.iter().find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+                anyhow::bail!("the shard name {bad:?} may hold only letters, digits and '-'");
             }
-            let script =
-                format!("export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
-            // The control plane, containerd's images and the loop pool all live in the guest's memory.
-            vm::run_in_vm_with("cluster", &script, limit(3600), false, 8192, &[images])
+            let per_shard = 80 * 60 * shards.len() as u64;
+            let env = format!("export THINPOOL_E2E_UPSTREAM_SHARDS='{}'\n", shards.join(" "));
+            cluster_in_vm("upstream", &env, limit(15 * 60 + per_shard))
         }
         Cmd::Powercut { cuts, seed } => {
             let seed = seed.unwrap_or_else(|| {
@@ -124,4 +127,19 @@ fn run(cli: Cli) -> Result<()> {
             vm::run_in_vm("bench", &script, limit(2400), true)
         }
     }
+}
+
+/// Boots the one-node cluster of `e2e/guest/cluster.sh` in the VM, `env` (export lines) set first.
+fn cluster_in_vm(name: &str, env: &str, limit: Duration) -> Result<()> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
+    let images = workspace.join("target/cluster/images.ext4");
+    for needed in ["target/cluster/bin/kubelet", "target/cluster/images.ext4"] {
+        anyhow::ensure!(
+            workspace.join(needed).exists(),
+            "{needed} is missing: run e2e/cluster/build.sh and e2e/cluster/images.sh first (e2e/run.sh cluster does)"
+        );
+    }
+    let script = format!("{env}export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
+    // The control plane, containerd's images and the loop pool all live in the guest's memory.
+    vm::run_in_vm_with(name, &script, limit, false, 8192, &[images])
 }
