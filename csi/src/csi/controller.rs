@@ -106,7 +106,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
         let req = req.into_inner();
         observed(&self.driver, "CreateVolume", &req.name, async {
             let v = validate::new_volume(&req, &self.driver.node_id)?;
-            let _guard = self.driver.in_flight.claim(v.name.as_str())?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &ObjectId::format(&v.name, &self.driver.node_id))?;
             let context = v.context();
             let record = self
                 .driver
@@ -146,7 +146,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let Some(id) = self.local(&req.volume_id, "volume_id")? else {
                 return Ok(proto::DeleteVolumeResponse {});
             };
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             self.driver.blocking(move |d| delete(d, Kind::Volume, &id)).await?;
             Ok(proto::DeleteVolumeResponse {})
         })
@@ -292,7 +292,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                 return Err(CsiError::invalid("source_volume_id is empty"));
             }
             let source = self.must_local(&req.source_volume_id, "source_volume_id", Kind::Volume)?;
-            let _guard = self.driver.in_flight.claim(name.as_str())?;
+            let _guard = self.driver.in_flight.claim(Kind::Snapshot, &ObjectId::format(&name, &self.driver.node_id))?;
             let record = self
                 .driver
                 .blocking(move |d| {
@@ -314,7 +314,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             let Some(id) = self.local(&req.snapshot_id, "snapshot_id")? else {
                 return Ok(proto::DeleteSnapshotResponse {});
             };
-            let _guard = self.driver.in_flight.claim(&req.snapshot_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Snapshot, &req.snapshot_id)?;
             self.driver.blocking(move |d| delete(d, Kind::Snapshot, &id)).await?;
             Ok(proto::DeleteSnapshotResponse {})
         })

@@ -153,7 +153,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         observed(&self.driver, "NodeStageVolume", &req.volume_id.clone(), async {
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             self.driver
                 .blocking(move |d| {
                     let name = d.must_resolve(Kind::Volume, &t.id)?;
@@ -196,7 +196,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         observed(&self.driver, "NodeUnstageVolume", &req.volume_id.clone(), async {
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let id = self.here(&req.volume_id)?;
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             self.driver
                 .blocking(move |d| {
                     d.mounter.unmount(&staging)?;
@@ -221,7 +221,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
             let t = self.target(&req.volume_id, req.volume_capability.as_ref(), &req.volume_context)?;
             let staging = self.path(&req.staging_target_path, "staging_target_path")?;
             let read_only = req.readonly || t.access.read_only;
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             self.driver
                 .blocking(move |d| {
                     let m = d.mounter.as_ref();
@@ -270,7 +270,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
         observed(&self.driver, "NodeUnpublishVolume", &req.volume_id.clone(), async {
             let target = self.path(&req.target_path, "target_path")?;
             self.here(&req.volume_id)?;
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             self.driver
                 .blocking(move |d| {
                     d.mounter.unmount(&target)?;
@@ -323,7 +323,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Node for Arc<NodeService<P, M>
             if let Some(cap) = &req.volume_capability {
                 validate::capability(cap)?;
             }
-            let _guard = self.driver.in_flight.claim(&req.volume_id)?;
+            let _guard = self.driver.in_flight.claim(Kind::Volume, &req.volume_id)?;
             let range = req.capacity_range;
             let me = self.clone();
             let size = self

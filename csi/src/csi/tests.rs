@@ -486,9 +486,19 @@ async fn node_block_volumes_and_bad_paths() {
 async fn a_second_call_for_a_busy_volume_is_aborted() {
     let f = fixture();
     f.create(create_req("v", GIB)).await.unwrap();
-    let _held = f.driver.in_flight.claim(&id("v")).unwrap();
+    let held = f.driver.in_flight.claim(crate::store::Kind::Volume, &id("v")).unwrap();
     let err = f.node.node_stage_volume(Request::new(stage_req("v", mount_cap("ext4")))).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
+    let err = f
+        .ctl
+        .delete_volume(Request::new(proto::DeleteVolumeRequest { volume_id: id("v"), ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    // A create of the same name meets a call that carries the volume's id, and the other way round.
+    assert_eq!(f.create(create_req("v", GIB)).await.unwrap_err().code(), Code::Aborted);
+    drop(held);
+    let _create = f.driver.in_flight.claim(crate::store::Kind::Volume, &id("v")).unwrap();
     let err = f
         .ctl
         .delete_volume(Request::new(proto::DeleteVolumeRequest { volume_id: id("v"), ..Default::default() }))

@@ -226,6 +226,18 @@ pub fn extend(vg: &str, lv: &str, growth: &crate::grow::plan::Growth) -> Result<
     Ok(())
 }
 
+/// What the pool `vg/lv` does with a write that finds no free block: fail it at once
+/// (`error_if_no_space`) or hold it until the pool grows or the kernel's 60 s run out. `lvchange`
+/// reloads the pool's table (a suspend and resume).
+pub fn set_when_full(vg: &str, lv: &str, policy: crate::dm::status::NoSpacePolicy) -> Result<(), DmError> {
+    let flag = match policy {
+        crate::dm::status::NoSpacePolicy::Error => "y",
+        crate::dm::status::NoSpacePolicy::Queue => "n",
+    };
+    tools::lvm("lvchange", &["--errorwhenfull", flag, &format!("{vg}/{lv}")])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ struct State {
     data_used: u64,
     meta_used: u64,
     mode: Option<PoolMode>,
+    no_space: Option<NoSpacePolicy>,
     needs_check: bool,
     fail_next: Vec<(&'static str, Errno)>,
     messages: u64,
@@ -74,6 +75,10 @@ impl MemoryPool {
     }
     pub fn set_meta_used_blocks(&self, blocks: u64) {
         self.st().meta_used = blocks;
+    }
+    /// What the pool does with a write that finds no free block (`error_if_no_space` or not).
+    pub fn set_no_space(&self, policy: NoSpacePolicy) {
+        self.st().no_space = Some(policy);
     }
     pub fn set_open(&self, id: ThinId, open: i32) {
         if let Some(a) = self.st().active.get_mut(&id) {
@@ -144,7 +149,7 @@ impl ThinPool for MemoryPool {
             held_root: None,
             mode: st.mode.unwrap_or(PoolMode::Rw),
             discard: Discard::Passdown,
-            no_space: NoSpacePolicy::Queue,
+            no_space: st.no_space.unwrap_or(NoSpacePolicy::Queue),
             needs_check: st.needs_check,
             meta_low_water: Some(self.meta_blocks / 10),
         }))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use plan::{Decision, Fill, Growth, Policy, VgRoom, Want};
 use serde::{Deserialize, Serialize};
 
-use crate::dm::status::{PoolStatus, META_BLOCK_BYTES};
+use crate::dm::status::{NoSpacePolicy, PoolStatus, META_BLOCK_BYTES};
 use crate::dm::{DmError, ThinPool};
 use crate::engine::Engine;
 
@@ -94,6 +94,8 @@ impl GrowLog {
 pub trait Grower {
     fn room(&self) -> Result<VgRoom, DmError>;
     fn extend(&self, growth: &Growth) -> Result<(), DmError>;
+    /// Sets what the pool does with a write that finds no free block.
+    fn when_full(&self, policy: NoSpacePolicy) -> Result<(), DmError>;
 }
 
 /// The real one: `vgs` and `lvextend` on the pool `vg/lv`.
@@ -108,6 +110,9 @@ impl Grower for Lvm {
     }
     fn extend(&self, growth: &Growth) -> Result<(), DmError> {
         crate::dm::lvm::extend(&self.vg, &self.lv, growth)
+    }
+    fn when_full(&self, policy: NoSpacePolicy) -> Result<(), DmError> {
+        crate::dm::lvm::set_when_full(&self.vg, &self.lv, policy)
     }
 }
 
@@ -201,6 +206,7 @@ impl<G: Grower> Extender<G> {
         };
         if plan::wants(&self.policy, &fill) == (Want::Nothing, Want::Nothing) {
             self.clear_problem();
+            self.when_full(engine, s.no_space, NoSpacePolicy::Queue);
             return Checked::Nothing;
         }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
@@ -214,6 +220,7 @@ impl<G: Grower> Extender<G> {
             Decision::Nothing => return Checked::Nothing,
             Decision::Stuck(why) => {
                 self.problem(REASON_BLOCKED, why);
+                self.when_full(engine, s.no_space, NoSpacePolicy::Error);
                 return Checked::Stuck;
             }
             Decision::Extend(g) => g,
@@ -243,7 +250,27 @@ impl<G: Grower> Extender<G> {
         }
         self.retry_at = None;
         self.clear_problem();
+        self.when_full(engine, s.no_space, NoSpacePolicy::Queue);
         Checked::Grew(growths)
+    }
+
+    /// While the pool can grow, a write that finds no free block waits for the growth (queue);
+    /// once it cannot, the write fails at once (error) instead of hanging for the kernel's 60 s
+    /// `no_space_timeout`. Changed only when the pool's table says otherwise, under the writer lock
+    /// (`lvchange` reloads the table); a failure is logged and tried again at the next check.
+    fn when_full<P: ThinPool>(&mut self, engine: &Engine<P>, now: NoSpacePolicy, want: NoSpacePolicy) {
+        if now == want {
+            return;
+        }
+        match engine.exclusive(|| self.grower.when_full(want)) {
+            Ok(()) => {
+                tracing::info!(pool = %engine.pool().info().source, policy = ?want, "the pool's behaviour when full changed: {}", match want {
+                    NoSpacePolicy::Error => "writes needing new space fail at once (it cannot grow)",
+                    NoSpacePolicy::Queue => "writes needing new space wait for it to grow",
+                })
+            }
+            Err(e) => tracing::warn!(error = %e, policy = ?want, "setting the pool's behaviour when full"),
+        }
     }
 }
 
@@ -313,6 +340,7 @@ mod tests {
         room: RefCell<VgRoom>,
         asked: RefCell<Vec<Growth>>,
         fail: RefCell<Option<String>>,
+        when_full: RefCell<Vec<NoSpacePolicy>>,
     }
 
     impl Grower for &FakeVg {
@@ -324,6 +352,10 @@ mod tests {
                 return Err(DmError::Config(why));
             }
             self.asked.borrow_mut().push(*g);
+            Ok(())
+        }
+        fn when_full(&self, policy: NoSpacePolicy) -> Result<(), DmError> {
+            self.when_full.borrow_mut().push(policy);
             Ok(())
         }
     }
@@ -341,6 +373,7 @@ mod tests {
             room: RefCell::new(VgRoom { extent_bytes: 4 * MIB, free_extents }),
             asked: RefCell::new(Vec::new()),
             fail: RefCell::new(None),
+            when_full: RefCell::new(Vec::new()),
         }
     }
 
@@ -378,15 +411,33 @@ mod tests {
         let mut x = Extender::new(POLICY, &fake, log.clone(), None);
         e.pool().set_data_used_blocks(16000);
         assert_eq!(x.check(&e), Checked::Stuck);
+        // A pool that cannot grow fails writes at once instead of holding them for 60 s.
+        assert_eq!(*fake.when_full.borrow(), vec![NoSpacePolicy::Error]);
+        e.pool().set_no_space(NoSpacePolicy::Error); // what lvchange did to the table
         assert_eq!(x.check(&e), Checked::Stuck);
+        assert_eq!(fake.when_full.borrow().len(), 1, "changed only when the table says otherwise");
         let n = log.take_notices();
         assert_eq!(n.len(), 1, "one Event per problem, not one per check: {n:?}");
         assert_eq!((n[0].warning, n[0].reason), (true, REASON_BLOCKED));
         assert!(log.summary().problem.unwrap().contains("no free extent"));
-        // Volumes deleted: below the threshold again, the problem is gone.
+        // Volumes deleted: below the threshold again, the problem is gone and writes wait for
+        // growth again.
         e.pool().set_data_used_blocks(100);
         assert_eq!(x.check(&e), Checked::Nothing);
         assert_eq!(log.summary().problem, None);
+        assert_eq!(*fake.when_full.borrow(), vec![NoSpacePolicy::Error, NoSpacePolicy::Queue]);
+    }
+
+    #[test]
+    fn a_pool_that_grows_waits_for_the_growth_when_full() {
+        let (e, _d) = engine();
+        let fake = vg(1000);
+        let log = Arc::new(GrowLog::new(&POLICY));
+        let mut x = Extender::new(POLICY, &fake, log, None);
+        e.pool().set_no_space(NoSpacePolicy::Error); // left so by an earlier run that was stuck
+        e.pool().set_data_used_blocks(16000);
+        assert!(matches!(x.check(&e), Checked::Grew(_)));
+        assert_eq!(*fake.when_full.borrow(), vec![NoSpacePolicy::Queue]);
     }
 
     #[test]
