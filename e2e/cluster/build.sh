@@ -8,6 +8,7 @@
 # All static (CGO_ENABLED=0), -trimpath, stripped. A binary made from the same go.mod, go.sum,
 # this script and Go version (the hash in BINARY.inputs) is skipped; FORCE=1 rebuilds everything.
 # Go's build cache makes a forced rebuild cost only the links.
+# `build.sh apiserver` builds only kube-apiserver, kubectl and etcd (the control-plane tier).
 # Never run this while the test VM runs: it takes both cores.
 set -euo pipefail
 
@@ -42,10 +43,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	kube_ldflags+=" -X $pkg.buildDate=$KUBE_BUILD_DATE"
 done
 
+# build_kube [CMD...]: the Kubernetes commands (all six when none is named).
 build_kube() {
 	local mod="$here/kube" todo=() cmd inputs
 	inputs=$(go_inputs "$mod/go.mod" "$mod/go.sum")
-	local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+	local cmds=("$@")
+	((${#cmds[@]})) || cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 	for cmd in "${cmds[@]}"; do
 		if fresh "$bin/$cmd" "$inputs"; then
 			echo "up to date: $cmd"
@@ -132,9 +135,22 @@ copy_manifests() {
 }
 
 total=$SECONDS
-step "kubernetes $KUBE_VERSION" build_kube
-step "etcd" build_etcd
-step "containerd $CONTAINERD_VERSION" build_containerd
-step "sidecars" build_sidecars
-step "snapshot manifests" copy_manifests
-echo "==> all: $((SECONDS - total)) s, in $bin"
+case ${1:-all} in
+# The control-plane tier (e2e/tests/apiserver) needs only these: CI builds no more.
+apiserver)
+	step "kube-apiserver and kubectl $KUBE_VERSION" build_kube kube-apiserver kubectl
+	step "etcd" build_etcd
+	;;
+all)
+	step "kubernetes $KUBE_VERSION" build_kube
+	step "etcd" build_etcd
+	step "containerd $CONTAINERD_VERSION" build_containerd
+	step "sidecars" build_sidecars
+	step "snapshot manifests" copy_manifests
+	;;
+*)
+	echo "usage: e2e/cluster/build.sh [all|apiserver]" >&2
+	exit 2
+	;;
+esac
+echo "==> $((SECONDS - total)) s, in $bin"
