@@ -105,7 +105,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Cluster => cluster_in_vm("cluster", "", limit(3600)),
         Cmd::Upstream { shards } => {
-            if let Some(bad) = shards.iter().find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+            if let Some(bad) =
+                shards.iter().find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            {
                 anyhow::bail!("the shard name {bad:?} may hold only letters, digits and '-'");
             }
             let per_shard = 80 * 60 * shards.len() as u64;

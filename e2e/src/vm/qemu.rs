@@ -62,12 +62,36 @@ fn strip_firmware_noise(line: &str) -> String {
 }
 
 /// How a guest run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The guest's script ended with this exit code (read from its exit-code file). Also what a
+    /// kill asked for by `Guest::cut` gives when the script had already ended: the workload ended
+    /// first, and that is no power cut.
     Exited(i32),
     TimedOut,
     NoExitCode,
-    /// Killed by the harness as asked (`Guest::cut`).
+    /// Killed by the harness as asked (`Guest::cut`) while the guest's script was still running
+    /// (it had written no exit code).
     Cut,
+}
+
+/// The exit code the guest wrote to `file` after its script ended; `None` when it wrote none.
+/// A file that holds no number (a kill while the guest was writing it) is an error: the script
+/// had ended, and how is unknown.
+fn read_exit_code(file: &Path) -> Result<Option<i32>> {
+    match std::fs::read_to_string(file) {
+        Ok(s) => Ok(Some(s.trim().parse().with_context(|| {
+            format!("the guest's exit-code file {} holds {s:?}, not an exit code", file.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading the guest's exit-code file {}", file.display())),
+    }
+}
+
+/// What a kill asked for by `Guest::cut` was: a cut only while the guest's script still ran;
+/// once it had written its exit code, the script's own end (whatever its code says).
+fn after_cut(exit_file: &Path) -> Result<Outcome> {
+    Ok(read_exit_code(exit_file)?.map_or(Outcome::Cut, Outcome::Exited))
 }
 
 impl Guest<'_> {
@@ -164,7 +188,7 @@ impl Guest<'_> {
             if start.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Some(Outcome::TimedOut);
+                break Some(Ok(Outcome::TimedOut));
             }
             if let Some(delay) = self.cut {
                 if armed.is_none() && armed_file.exists() {
@@ -174,19 +198,16 @@ impl Guest<'_> {
                     let _ = child.kill();
                     let _ = child.wait();
                     show_new_output(&output_file, shown);
-                    break Some(Outcome::Cut);
+                    break Some(after_cut(&exit_file));
                 }
             }
             std::thread::sleep(Duration::from_millis(if armed.is_some() { 10 } else { 100 }));
         };
         let _ = pump.join();
         if let Some(outcome) = ended {
-            return Ok(outcome);
+            return outcome;
         }
-        match std::fs::read_to_string(&exit_file) {
-            Ok(s) => Ok(Outcome::Exited(s.trim().parse().context("bad exit-code file")?)),
-            Err(_) => Ok(Outcome::NoExitCode),
-        }
+        Ok(read_exit_code(&exit_file)?.map_or(Outcome::NoExitCode, Outcome::Exited))
     }
 }
 
@@ -207,7 +228,24 @@ impl Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::is_kernel_line;
+    use super::{after_cut, is_kernel_line, read_exit_code, Outcome};
+
+    #[test]
+    fn a_kill_is_a_cut_only_before_the_guest_wrote_its_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("exit-code");
+        assert_eq!(after_cut(&file).unwrap(), Outcome::Cut);
+        std::fs::write(&file, "0\n").unwrap();
+        assert_eq!(after_cut(&file).unwrap(), Outcome::Exited(0));
+        std::fs::write(&file, "1\n").unwrap();
+        assert_eq!(after_cut(&file).unwrap(), Outcome::Exited(1));
+        // Killed while the guest was writing it: the script had ended, its code is lost.
+        std::fs::write(&file, "").unwrap();
+        assert!(after_cut(&file).is_err());
+        assert!(read_exit_code(&file).is_err());
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(read_exit_code(&file).unwrap(), None);
+    }
 
     #[test]
     fn kernel_console_lines_are_told_apart() {

@@ -181,6 +181,28 @@ impl Plugin {
         Ok((IdentityClient::new(channel.clone()), ControllerClient::new(channel.clone()), NodeClient::new(channel)))
     }
 
+    /// The thin-pool table the kernel holds for the plugin's pool (`dmsetup table`): for an LVM
+    /// pool the `-tpool` device when LVM made one, else the pool LV's own device.
+    pub fn pool_table(&self) -> Result<thinpool_csi::dm::PoolTable> {
+        let names = match &self.lvm_pool {
+            Some(vg_lv) => {
+                let (vg, lv) = vg_lv.split_once('/').ok_or("the LVM pool is not vg/lv")?;
+                let base = thinpool_csi::dm::lvm::dm_name(vg, lv);
+                vec![format!("{base}-tpool"), base]
+            }
+            None => vec![self.pool.clone()],
+        };
+        for name in &names {
+            let Ok(table) = sh(&format!("dmsetup table {name}")) else { continue };
+            // `start length thin-pool metadata data block low-water [count features...]`
+            let f: Vec<&str> = table.split_whitespace().collect();
+            if f.get(2) == Some(&"thin-pool") {
+                return Ok(f[3..].join(" ").parse()?);
+            }
+        }
+        Err(format!("none of {names:?} is an active thin-pool device").into())
+    }
+
     pub fn pool_tid(&self) -> Result<u64> {
         let status = sh(&format!("dmsetup status {}", self.pool))?;
         Ok(status.split_whitespace().nth(3).ok_or("pool status")?.parse()?)
@@ -895,12 +917,157 @@ pub fn csi_metrics_scrape() -> Result {
     ensure(wrong.is_empty(), format!("unexpected metrics: {}", wrong.join(", ")))
 }
 
+/// The kubelet's client on the registration socket, on the wire as the kubelet's grpc-go client
+/// is: dialled with the socket's bare path as its target, it sends that path as every request's
+/// HTTP/2 `:authority` (the plugin's `kubelet::authority` rewrites it; hyper's HTTP/2 server
+/// refuses it as it is). tonic cannot send it: its `:authority` comes from an `http::Uri`, whose
+/// authority holds no `/` (percent-encoded, the path would be an authority the server takes as it
+/// is, and the test would no longer need the rewrite). So the requests are written by hand: the
+/// header block as HPACK literals, the message in one DATA frame. An answer carrying a message is
+/// OK (a gRPC error has none, only trailers); a reset stream or a GOAWAY fails the call.
+struct KubeletConn {
+    sock: std::os::unix::net::UnixStream,
+    authority: String,
+    next_stream: u32,
+    /// One encoder for the connection, as its peer keeps one decoder (HPACK's dynamic table).
+    hpack: loona_hpack::Encoder<'static>,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_RST_STREAM: u8 = 0x3;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+/// END_STREAM on DATA and HEADERS, ACK on SETTINGS and PING.
+const H2_END_STREAM_OR_ACK: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+const H2_PADDED: u8 = 0x8;
+
+fn h2_write(w: &mut impl std::io::Write, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result {
+    let len = u32::try_from(payload.len())?.to_be_bytes();
+    w.write_all(&len[1..])?;
+    w.write_all(&[kind, flags])?;
+    w.write_all(&stream.to_be_bytes())?;
+    w.write_all(payload)?;
+    Ok(())
+}
+
+/// One frame: its type, flags, stream and payload.
+fn h2_read(r: &mut impl std::io::Read) -> Result<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok((head[3], head[4], stream, payload))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl KubeletConn {
+    fn dial(path: &Path) -> Result<Self> {
+        let mut sock = std::os::unix::net::UnixStream::connect(path)?;
+        sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+        std::io::Write::write_all(&mut sock, H2_PREFACE)?;
+        h2_write(&mut sock, H2_SETTINGS, 0, 0, &[])?;
+        Ok(KubeletConn {
+            sock,
+            authority: path.display().to_string(),
+            next_stream: 1,
+            hpack: loona_hpack::Encoder::new(),
+        })
+    }
+
+    /// A unary call of `pluginregistration.Registration/{method}`; the answer's message bytes.
+    fn call(&mut self, method: &str, message: &[u8]) -> Result<Vec<u8>> {
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        let path = format!("/pluginregistration.Registration/{method}");
+        let block = self.hpack.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", path.as_bytes()),
+            (b":authority", self.authority.as_bytes()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]);
+        h2_write(&mut self.sock, H2_HEADERS, H2_END_HEADERS, stream, &block)?;
+        let mut body = vec![0u8];
+        body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        body.extend_from_slice(message);
+        h2_write(&mut self.sock, H2_DATA, H2_END_STREAM_OR_ACK, stream, &body)?;
+        let mut data = Vec::new();
+        loop {
+            let (kind, flags, id, payload) =
+                h2_read(&mut self.sock).map_err(|e| format!("{method}: no complete answer: {e}"))?;
+            let ack = flags & H2_END_STREAM_OR_ACK != 0;
+            match kind {
+                H2_SETTINGS if !ack => h2_write(&mut self.sock, H2_SETTINGS, H2_END_STREAM_OR_ACK, 0, &[])?,
+                H2_PING if !ack => h2_write(&mut self.sock, H2_PING, H2_END_STREAM_OR_ACK, 0, &payload)?,
+                H2_GOAWAY => {
+                    return Err(format!(
+                        "{method}: the plugin closed the connection (GOAWAY, error code {:?}): {}",
+                        u32_at(&payload, 4),
+                        String::from_utf8_lossy(payload.get(8..).unwrap_or_default())
+                    )
+                    .into())
+                }
+                H2_RST_STREAM if id == stream => {
+                    return Err(format!(
+                        "{method}: the plugin reset the request (RST_STREAM, error code {:?}; 1 is PROTOCOL_ERROR, \
+                         what hyper answers to the socket path as :authority)",
+                        u32_at(&payload, 0)
+                    )
+                    .into())
+                }
+                H2_DATA if id == stream => {
+                    let body = if flags & H2_PADDED != 0 {
+                        let pad = usize::from(*payload.first().ok_or("an empty padded DATA frame")?);
+                        payload.get(1..payload.len().saturating_sub(pad)).ok_or("bad DATA padding")?
+                    } else {
+                        &payload[..]
+                    };
+                    data.extend_from_slice(body);
+                }
+                _ => {}
+            }
+            if id == stream && ack && (kind == H2_DATA || kind == H2_HEADERS) {
+                break;
+            }
+        }
+        // A gRPC message: not compressed, its length, its bytes.
+        ensure(data.len() >= 5, format!("{method}: the answer holds no message (a gRPC error status)"))?;
+        let len = u32_at(&data, 1).ok_or("a short gRPC frame")? as usize;
+        ensure(data[0] == 0 && data.len() == 5 + len, format!("{method}: a malformed gRPC message {data:?}"))?;
+        Ok(data[5..].to_vec())
+    }
+
+    fn get_info(&mut self) -> Result<thinpool_csi::kubelet::proto::PluginInfo> {
+        use prost::Message;
+        let request = thinpool_csi::kubelet::proto::InfoRequest {}.encode_to_vec();
+        Ok(thinpool_csi::kubelet::proto::PluginInfo::decode(self.call("GetInfo", &request)?.as_slice())?)
+    }
+
+    fn notify(&mut self, registered: bool, error: &str) -> Result {
+        use prost::Message;
+        let status =
+            thinpool_csi::kubelet::proto::RegistrationStatus { plugin_registered: registered, error: error.into() };
+        let reply = self.call("NotifyRegistrationStatus", &status.encode_to_vec())?;
+        thinpool_csi::kubelet::proto::RegistrationStatusResponse::decode(reply.as_slice())?;
+        Ok(())
+    }
+}
+
 /// The kubelet's side of plugin registration, done as the kubelet does it: dial the socket in
-/// plugins_registry, GetInfo, then NotifyRegistrationStatus refused and accepted (readiness and
+/// plugins_registry (its path as the requests' `:authority`, see [`KubeletConn`]), GetInfo, then NotifyRegistrationStatus refused and accepted (readiness and
 /// the failure metric follow), the socket deleted and made anew, a clean stop removing it, and a
 /// restart over a stale socket.
 pub fn csi_kubelet_registration() -> Result {
-    use thinpool_csi::kubelet::proto::{registration_client::RegistrationClient, InfoRequest, RegistrationStatus};
     let registry = Path::new("/tmp/e2e/csi-registration-registry");
     let _ = std::fs::remove_dir_all(registry);
     let extra = vec![
@@ -926,57 +1093,40 @@ pub fn csi_kubelet_registration() -> Result {
         }
         Ok(())
     };
-    let kubelet = |path: PathBuf| async move {
-        Ok::<_, Box<dyn std::error::Error>>(RegistrationClient::new(unix_channel(path).await?))
-    };
     let scraped = |series: &str| -> Result<f64> {
         let (_, text) = http_get(p.metrics_port, "/metrics")?;
         Ok(metric(&text, series).ok_or(format!("no {series} in /metrics"))?)
     };
     wait_socket(true)?;
-    let rt = rt()?;
-    rt.block_on(async {
-        let mut k = kubelet(socket.clone()).await?;
-        let info = k.get_info(InfoRequest {}).await?.into_inner();
-        ensure(info.r#type == "CSIPlugin", format!("type {}", info.r#type))?;
-        ensure(info.name == "thinpool.csi.io", format!("name {}", info.name))?;
-        ensure(
-            info.endpoint == "/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock",
-            format!("endpoint {}", info.endpoint),
-        )?;
-        ensure(info.supported_versions == ["1.0.0"], format!("versions {:?}", info.supported_versions))?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
+    let mut k = KubeletConn::dial(&socket)?;
+    let info = k.get_info()?;
+    ensure(info.r#type == "CSIPlugin", format!("type {}", info.r#type))?;
+    ensure(info.name == "thinpool.csi.io", format!("name {}", info.name))?;
+    ensure(
+        info.endpoint == "/var/lib/kubelet/plugins/thinpool.csi.io/csi.sock",
+        format!("endpoint {}", info.endpoint),
+    )?;
+    ensure(info.supported_versions == ["1.0.0"], format!("versions {:?}", info.supported_versions))?;
     let (code, why) = http_get(p.metrics_port, "/readyz")?;
     ensure(code == 503 && why.contains("not registered"), format!("/readyz before registration: {code} {why}"))?;
     ensure(http_get(p.metrics_port, "/healthz")?.0 == 200, "/healthz while unregistered")?;
-    rt.block_on(async {
-        let mut k = kubelet(socket.clone()).await?;
-        k.notify_registration_status(RegistrationStatus { plugin_registered: false, error: "e2e says no".into() })
-            .await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
+    // On the same connection, as the kubelet does.
+    k.notify(false, "e2e says no")?;
     let (code, why) = http_get(p.metrics_port, "/readyz")?;
     ensure(code == 503 && why.contains("e2e says no"), format!("/readyz after a refusal: {code} {why}"))?;
     ensure(scraped("thinpool_kubelet_registration_failures_total")? == 1.0, "failure not counted")?;
     ensure(p.log().contains("e2e says no"), "the kubelet's error is not in the log")?;
-    rt.block_on(async {
-        let mut k = kubelet(socket.clone()).await?;
-        k.notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() }).await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
+    KubeletConn::dial(&socket)?.notify(true, "")?;
     ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz after registration")?;
     ensure(scraped("thinpool_kubelet_registered")? == 1.0, "registered gauge")?;
     // Deleted under the plugin: made anew (checked every 5 s), and registration starts over.
     std::fs::remove_file(&socket)?;
     wait_socket(true)?;
     ensure(http_get(p.metrics_port, "/readyz")?.0 == 503, "/readyz after the socket was made anew")?;
-    rt.block_on(async {
-        let mut k = kubelet(socket.clone()).await?;
-        ensure(k.get_info(InfoRequest {}).await?.into_inner().name == "thinpool.csi.io", "GetInfo on the new socket")?;
-        k.notify_registration_status(RegistrationStatus { plugin_registered: true, error: String::new() }).await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
+    let mut k = KubeletConn::dial(&socket)?;
+    ensure(k.get_info()?.name == "thinpool.csi.io", "GetInfo on the new socket")?;
+    k.notify(true, "")?;
+    drop(k);
     ensure(http_get(p.metrics_port, "/readyz")?.0 == 200, "/readyz after registering again")?;
     // A clean stop removes the socket, so the kubelet unregisters the driver.
     p.stop()?;
@@ -984,23 +1134,22 @@ pub fn csi_kubelet_registration() -> Result {
     // A killed plugin leaves its socket; the next one replaces it.
     drop(std::os::unix::net::UnixListener::bind(&socket)?);
     p.restart()?;
-    rt.block_on(async {
-        let start = Instant::now();
-        loop {
-            // Until the new plugin has replaced the stale socket, dialing it is refused.
-            let answer = match kubelet(socket.clone()).await {
-                Ok(mut k) => k.get_info(InfoRequest {}).await.ok().map(|r| r.into_inner().name),
-                Err(_) => None,
-            };
-            if answer.as_deref() == Some("thinpool.csi.io") {
-                return Ok::<_, Box<dyn std::error::Error>>(());
-            }
-            ensure(start.elapsed() < Duration::from_secs(20), "GetInfo after a restart over a stale socket")?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    loop {
+        // Until the new plugin has replaced the stale socket, dialing it is refused.
+        let answer = KubeletConn::dial(&socket).and_then(|mut k| k.get_info());
+        match answer {
+            Ok(info) if info.name == "thinpool.csi.io" => break,
+            answer => ensure(
+                start.elapsed() < Duration::from_secs(20),
+                format!("GetInfo after a restart over a stale socket: {answer:?}"),
+            )?,
         }
-    })?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
     println!(
-        "  GetInfo, refused and accepted registration, socket re-created, removed on SIGTERM, stale socket replaced"
+        "  with the socket path as :authority: GetInfo, refused and accepted registration, socket re-created, \
+         removed on SIGTERM, stale socket replaced"
     );
     Ok(())
 }

@@ -49,6 +49,34 @@ pub(crate) fn wait_for_mode(p: &Plugin, mode: &str, what: &str) -> Result {
     }
 }
 
+/// A write that finds the pool full must fail within this: well under the kernel's
+/// `no_space_timeout` (60 s), for which a pool with `queue_if_no_space` holds it.
+pub(crate) const FAIL_FAST: Duration = Duration::from_secs(10);
+
+/// The plugin's pool is loaded with `error_if_no_space` (its thin-pool table, from the kernel).
+pub(crate) fn ensure_error_if_no_space(p: &Plugin, when: &str) -> Result {
+    let table = p.pool_table()?;
+    ensure(
+        table.features.iter().any(|f| f == "error_if_no_space"),
+        format!("{when}, the pool's table has no error_if_no_space (a full pool queues writes for 60 s): {table}"),
+    )
+}
+
+/// Writes 1 MiB at `seek_mib` of `path`, a block no write reached yet, on a pool that is full: the
+/// write must fail, within [`FAIL_FAST`]. Returns how long it took to fail.
+pub(crate) fn ensure_write_fails_fast(path: &str, seek_mib: u64) -> Result<Duration> {
+    let (took, complaint) = write_zeros_at(path, seek_mib, 1);
+    let complaint = complaint.ok_or_else(|| format!("a new block at {seek_mib} MiB was written on a full pool"))?;
+    ensure(
+        took < FAIL_FAST,
+        format!(
+            "the write on a full pool failed only after {took:?} (limit {FAIL_FAST:?}): it queued; {}",
+            complaint.trim()
+        ),
+    )?;
+    Ok(took)
+}
+
 /// Writes `mib` MiB of zeros to `path` with direct I/O; the time taken and dd's complaint, if any.
 pub(crate) fn write_zeros(path: &str, mib: u64) -> (Duration, Option<String>) {
     write_zeros_at(path, 0, mib)
@@ -63,13 +91,15 @@ pub(crate) fn write_zeros_at(path: &str, seek_mib: u64, mib: u64) -> (Duration, 
     (start.elapsed(), out.err().map(|e| e.to_string()))
 }
 
-/// The pool fills up under a writer: the write fails at once (`error_if_no_space`) instead of
-/// hanging, no CSI call hangs, CreateVolume answers RESOURCE_EXHAUSTED saying what to do, the
-/// metrics and /readyz show it while /healthz stays up (a full pool is not a crash). Then the
-/// pool is grown as an operator does (a larger `--loop-data-size`, the plugin's pod replaced): it
-/// returns to rw by itself and the same published volume takes writes again.
+/// The pool fills up under a writer: its table has `error_if_no_space`, and a write that finds it
+/// full fails at once (within [`FAIL_FAST`], timed) instead of queueing for 60 s; no CSI call
+/// hangs, CreateVolume answers RESOURCE_EXHAUSTED saying what to do, the metrics and /readyz show
+/// it while /healthz stays up (a full pool is not a crash). Then the pool is grown as an operator
+/// does (a larger `--loop-data-size`, the plugin's pod replaced): it returns to rw by itself, still
+/// with `error_if_no_space`, and the same published volume takes writes again.
 pub fn full_pool_fails_fast_then_grows_back() -> Result {
     let mut p = Plugin::start_sized("full-data", "256Mi", &[])?;
+    ensure_error_if_no_space(&p, "at start")?;
     let (staging, target) = (p.staging("fill"), p.block_target("fill"));
     rt()?.block_on(async {
         let (mut identity, mut ctl, mut node) = p.clients().await?;
@@ -81,6 +111,9 @@ pub fn full_pool_fails_fast_then_grows_back() -> Result {
         let complaint = complaint.ok_or("400 MiB fit into a 256 MiB pool")?;
         println!("  400 MiB into a 256 MiB pool failed after {:.1} s: {}", took.as_secs_f64(), complaint.trim());
         ensure(took < Duration::from_secs(120), format!("the failing write took {took:?}: it queued"))?;
+        // The pool is full now: a write to a block not yet provisioned fails at once.
+        let failed_in = ensure_write_fails_fast(&target, 800)?;
+        println!("  a new block on the full pool: the write failed in {:.2} s", failed_in.as_secs_f64());
         ensure(scraped_mode(p.metrics_port)? == "out_of_data_space", "metrics do not show out_of_data_space")?;
         save_scrape(p.metrics_port, "full-data")?;
 
@@ -123,6 +156,7 @@ pub fn full_pool_fails_fast_then_grows_back() -> Result {
     let (_, text) = http_get(p.metrics_port, "/metrics")?;
     let total = metric(&text, "thinpool_pool_data_total_bytes").unwrap_or(0.0);
     ensure(total == GIB as f64, format!("data total after growing is {total} bytes"))?;
+    ensure_error_if_no_space(&p, "after the pool grew")?;
     let (took, complaint) = write_zeros(&target, 400);
     ensure(complaint.is_none(), format!("writing after the pool grew: {complaint:?}"))?;
     println!("  grown to 1 GiB: rw again, 400 MiB written in {:.1} s", took.as_secs_f64());

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use crate::csi::{create_published_block, http_get, id, metric, rt, save_scrape, unpublish_block, Plugin};
 use crate::fixture::*;
-use crate::full::{scraped_mode, write_zeros, write_zeros_at};
+use crate::full::{
+    ensure_error_if_no_space, ensure_write_fails_fast, scraped_mode, write_zeros, write_zeros_at, FAIL_FAST,
+};
 use thinpool_csi::csi::proto;
 
 /// The pool LV's size in bytes, as LVM sees it.
@@ -21,8 +23,9 @@ fn scraped(port: u16, series: &str) -> Result<f64> {
 /// 256 MiB of data in a 2 GiB VG, grown at 60 % by 50 % up to 640 MiB. A writer puts 480 MiB on a
 /// volume in one go (LVM's default `queue_if_no_space`, as users have it): it must finish without
 /// an I/O error, the pool having grown under it in steps (256 → 384 → 576 → 640 MiB, each the
-/// moment an event or the 5 s check saw the fill). Then, with `error_if_no_space`, writing past the
-/// 640 MiB maximum fails at once and the pool stays at its maximum, reported as blocked.
+/// moment an event or the 5 s check saw the fill). Then, at the 640 MiB maximum and reported as
+/// blocked, the pool's table has `error_if_no_space` (the plugin's doing: the test sets nothing on
+/// the LV), a write past it fails within [`FAIL_FAST`], and the pool stays at its maximum.
 pub fn lvm_pool_grows_itself_under_a_writer() -> Result {
     let d = LvmFixture::device("grow", 2 * GIB)?;
     d.lvm(&format!("pvcreate -y {}", d.loopdev))?;
@@ -52,25 +55,37 @@ pub fn lvm_pool_grows_itself_under_a_writer() -> Result {
         println!("  log: {}", line.trim());
     }
 
-    // Let the last growth land (the writer may finish just before the fill check that caps it).
+    // Let the last growth land (the writer may finish just before the fill check that caps it),
+    // then the plugin sees the pool above its threshold at its maximum: blocked.
     let start = Instant::now();
-    while lv_bytes(&d, "pool")? < 640 * MIB && start.elapsed() < Duration::from_secs(30) {
+    while lv_bytes(&d, "pool")? < 640 * MIB {
+        ensure(start.elapsed() < Duration::from_secs(30), "the pool did not reach its 640 MiB maximum")?;
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Past the maximum: fail fast (error_if_no_space), the pool stays at its maximum.
-    d.lvm(&format!("lvchange --errorwhenfull y {}/pool", d.vg))?;
     let start = Instant::now();
-    let (_, past) = write_zeros_at(&target, 480, 300);
-    ensure(past.is_some(), "300 MiB more fit into a pool capped at 640 MiB")?;
-    let capped = lv_bytes(&d, "pool")?;
-    ensure(capped == 640 * MIB, format!("the pool is {capped} bytes, not its 640 MiB maximum"))?;
     while scraped(p.metrics_port, "thinpool_pool_extension_blocked")? != 1.0 {
         ensure(start.elapsed() < Duration::from_secs(30), "thinpool_pool_extension_blocked did not become 1")?;
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Past the maximum, a full pool must fail writes at once: the plugin's own setting, nothing
+    // set here (LVM's default for the LV is queue_if_no_space). A plugin that switches the pool
+    // when it is blocked gets a few seconds to do it.
+    let start = Instant::now();
+    while ensure_error_if_no_space(&p, "blocked at its maximum").is_err() && start.elapsed() < FAIL_FAST {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ensure_error_if_no_space(&p, &format!("{:?} after the pool was blocked at its maximum", start.elapsed()))?;
+    let (_, past) = write_zeros_at(&target, 480, 300);
+    ensure(past.is_some(), "300 MiB more fit into a pool capped at 640 MiB")?;
+    let failed_in = ensure_write_fails_fast(&target, 900)?;
+    let capped = lv_bytes(&d, "pool")?;
+    ensure(capped == 640 * MIB, format!("the pool is {capped} bytes, not its 640 MiB maximum"))?;
     ensure(p.log().contains("at its maximum of 640Mi"), "the plugin did not say why the pool cannot grow")?;
     save_scrape(p.metrics_port, "grow-blocked")?;
-    println!("  past the 640 MiB maximum: the write failed at once, the pool stayed at 640 MiB, blocked = 1");
+    println!(
+        "  past the 640 MiB maximum: error_if_no_space, a new block failed in {:.2} s, the pool stayed at 640 MiB, blocked = 1",
+        failed_in.as_secs_f64()
+    );
 
     // The operator's way out of a full LVM pool: lvextend by hand. It returns to rw by itself.
     ensure(scraped_mode(p.metrics_port)? == "out_of_data_space", "the capped pool is not out_of_data_space")?;

@@ -64,6 +64,12 @@ fn main() -> ExitCode {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let selected: Vec<&Test> =
         TESTS.iter().filter(|(n, _)| filter.as_ref().is_none_or(|f| n.contains(f.as_str()))).collect();
+    if selected.is_empty() {
+        // A filter that matches nothing would otherwise report "0 passed, 0 failed" as a success.
+        let names: Vec<&str> = TESTS.iter().map(|(n, _)| *n).collect();
+        println!("kernel: no test name contains {:?}; the tests are: {}", filter.unwrap_or_default(), names.join(", "));
+        return ExitCode::FAILURE;
+    }
     if std::env::var_os("THINPOOL_E2E_IN_VM").is_none() {
         println!(
             "kernel suite: {} tests skipped: they need real device-mapper; run `cargo run -p thinpool-e2e -- vm`",

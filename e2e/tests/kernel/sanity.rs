@@ -114,5 +114,44 @@ fn run(test: &str, access: &str, volume_parameters: &str) -> Result {
         format!("csi-sanity ({access}): {failed} failed\n{}", plugin.log()),
     )?;
     ensure(passed > 0, "csi-sanity ran no spec")?;
-    Ok(())
+    same_as_expected(access, &specs)
+}
+
+/// The outcome must be the committed one, spec by spec (`sanity-expected/ACCESS.txt`): a spec that
+/// passed before and is now skipped (a capability silently dropped) fails the test, as does a
+/// spec more or less. The outcome is written to the run's share for review
+/// (`target/vm/runs/kernel-suite/sanity-ACCESS.txt`).
+fn same_as_expected(access: &str, specs: &[Spec]) -> Result {
+    let expected = match access {
+        "mount" => include_str!("sanity-expected/mount.txt"),
+        _ => include_str!("sanity-expected/block.txt"),
+    };
+    let got = outcome_lines(specs);
+    if let Some(out) = std::env::var_os("THINPOOL_E2E_OUT") {
+        std::fs::write(Path::new(&out).join(format!("sanity-{access}.txt")), got.join("\n") + "\n")?;
+    }
+    let want: Vec<&str> = expected.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let missing: Vec<&&str> = want.iter().filter(|w| !got.iter().any(|g| g == **w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(&g.as_str())).collect();
+    for m in &missing {
+        println!("    EXPECTED {m}");
+    }
+    for e in &extra {
+        println!("    GOT      {e}");
+    }
+    ensure(
+        missing.is_empty() && extra.is_empty(),
+        format!(
+            "csi-sanity ({access}): the outcome differs from e2e/tests/kernel/sanity-expected/{access}.txt in {} specs \
+             (lines above); if the change is meant, copy target/vm/runs/kernel-suite/sanity-{access}.txt there",
+            missing.len() + extra.len()
+        ),
+    )
+}
+
+/// One line per spec, `STATE NAME`, sorted: what `sanity-expected/*.txt` holds.
+fn outcome_lines(specs: &[Spec]) -> Vec<String> {
+    let mut lines: Vec<String> = specs.iter().map(|s| format!("{} {}", s.state, s.name)).collect();
+    lines.sort();
+    lines
 }
