@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::dm::loopback::LoopSpec;
+use crate::engine::Limits;
 use crate::units::parse_size;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/thinpool-csi";
@@ -115,29 +117,11 @@ impl AutoExtendArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LoopSpec {
-    pub dir: PathBuf,
-    pub name: String,
-    pub data_bytes: u64,
-    pub meta_bytes: u64,
-    pub block_bytes: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum PoolSpec {
     Loop(LoopSpec),
     DirectLvm { vg: String, lv: String },
     Device { device: String, vg: String, lv: String },
-}
-
-/// Admission limits (see `engine::capacity`).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Limits {
-    pub overprovision_ratio: f64,
-    pub data_fill_limit_pct: f64,
-    pub meta_fill_limit_pct: f64,
 }
 
 impl std::fmt::Display for PoolSpec {
@@ -159,22 +143,6 @@ impl std::fmt::Display for PoolSpec {
                 write!(f, "device: {device}, as the LVM thin pool {vg}/{lv} (built there when the disk is empty)")
             }
         }
-    }
-}
-
-impl std::fmt::Display for Limits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "overprovision ratio {}, data fill limit {}%, metadata fill limit {}%",
-            self.overprovision_ratio, self.data_fill_limit_pct, self.meta_fill_limit_pct
-        )
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { overprovision_ratio: 5.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 }
     }
 }
 

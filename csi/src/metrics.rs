@@ -227,11 +227,17 @@ impl NodeMetrics {
     }
 }
 
+/// Something besides the pool that the node plugin needs before it is ready: `Ok`, or why not.
+/// The kubelet registration is one (`kubelet::registration::Registrar`); the metrics only read it.
+pub trait ReadyCheck: Send + Sync {
+    fn ready(&self) -> Result<(), String>;
+}
+
 /// What the health endpoints look at besides the pool.
 #[derive(Clone, Default)]
 pub struct Health {
     /// The kubelet registration, when the plugin registers itself.
-    pub registrar: Option<Arc<crate::kubelet::registration::Registrar>>,
+    pub registration: Option<Arc<dyn ReadyCheck>>,
 }
 
 /// How long the liveness check may take: a pool whose status ioctl hangs fails it.
@@ -284,7 +290,7 @@ async fn ready_handler<P: ThinPool + 'static>(State(s): State<Arc<HttpState<P>>>
         Ok(state) => return (StatusCode::SERVICE_UNAVAILABLE, format!("pool is {state}\n")),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
-    match s.health.registrar.as_ref().map(|r| r.ready()) {
+    match s.health.registration.as_ref().map(|r| r.ready()) {
         Some(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         _ => (StatusCode::OK, "ready\n".into()),
     }
@@ -311,8 +317,8 @@ pub async fn serve<P: ThinPool + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
     use crate::dm::memory::MemoryPool;
+    use crate::engine::Limits;
     use crate::store::Store;
 
     fn value(text: &str, series: &str) -> Option<f64> {

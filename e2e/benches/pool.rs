@@ -6,8 +6,9 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use thinpool_csi::config::{Limits, NodeConfig, PoolSpec};
+use thinpool_csi::config::{NodeConfig, PoolSpec};
 use thinpool_csi::engine::DeleteOutcome;
+use thinpool_csi::engine::Limits;
 use thinpool_csi::store::Kind;
 
 const LVM_CONFIG: &str = "backup{backup=0 archive=0} devices{obtain_device_list_from_udev=0 scan_lvs=0} \

@@ -268,7 +268,8 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
             _ => None,
         };
         if let Some(addr) = metrics_addr {
-            let health = crate::metrics::Health { registrar };
+            let health =
+                crate::metrics::Health { registration: registrar.map(|r| r as Arc<dyn crate::metrics::ReadyCheck>) };
             tokio::spawn(async move {
                 if let Err(e) = crate::metrics::serve(addr, metrics, engine, health).await {
                     tracing::error!(error = %e, %addr, "metrics endpoint failed");

@@ -18,9 +18,9 @@ use super::identity::IdentityService;
 use super::node::NodeService;
 use super::proto::{self, controller_server::Controller, identity_server::Identity, node_server::Node};
 use super::Driver;
-use crate::config::Limits;
 use crate::dm::memory::MemoryPool;
 use crate::engine::Engine;
+use crate::engine::Limits;
 use crate::mount::memory::MemoryMounter;
 use crate::store::{Kind, Store};
 

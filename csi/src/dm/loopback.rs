@@ -8,7 +8,7 @@
 //! by itself (docs/troubleshooting.md, "Pool or metadata full").
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
 use loopdev::{LoopControl, LoopDevice};
@@ -16,8 +16,18 @@ use loopdev::{LoopControl, LoopDevice};
 use super::kernel::{devnode_of, dm_name, lib_err, pool_status, pool_table, KernelPool};
 use super::status::{PoolStatus, PoolTable, META_BLOCK_BYTES};
 use super::{DmError, PoolKind};
-use crate::config::LoopSpec;
 use crate::units::SECTOR;
+
+/// A loop pool: its files' directory, its device-mapper name and its sizes (the node's flags set
+/// them, `config`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LoopSpec {
+    pub dir: PathBuf,
+    pub name: String,
+    pub data_bytes: u64,
+    pub meta_bytes: u64,
+    pub block_bytes: u64,
+}
 
 fn attach(file: &Path) -> Result<LoopDevice, DmError> {
     let ctl = LoopControl::open().map_err(DmError::io("opening /dev/loop-control (is the loop module loaded?)"))?;

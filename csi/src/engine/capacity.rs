@@ -6,8 +6,33 @@
 use serde::Serialize;
 
 use super::error::Refusal;
-use crate::config::Limits;
 use crate::dm::status::{PoolMode, PoolStatus, META_BLOCK_BYTES};
+
+/// Admission limits: how much may be provisioned per byte of pool data, and the data and metadata
+/// fill above which nothing new is admitted. The node's flags set them (`config`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub overprovision_ratio: f64,
+    pub data_fill_limit_pct: f64,
+    pub meta_fill_limit_pct: f64,
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "overprovision ratio {}, data fill limit {}%, metadata fill limit {}%",
+            self.overprovision_ratio, self.data_fill_limit_pct, self.meta_fill_limit_pct
+        )
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { overprovision_ratio: 5.0, data_fill_limit_pct: 90.0, meta_fill_limit_pct: 80.0 }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -54,9 +54,9 @@ impl Drop for DeferredRetrier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
     use crate::dm::memory::MemoryPool;
     use crate::engine::DeleteOutcome;
+    use crate::engine::Limits;
     use crate::store::{Kind, Store};
 
     #[test]

@@ -17,11 +17,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-pub use capacity::{Capacity, PoolState};
+pub use capacity::{Capacity, Limits, PoolState};
 pub use error::{EngineError, Refusal};
 pub use txn::DeleteOutcome;
 
-use crate::config::Limits;
 use crate::dm::{PoolInfo, PoolStatus, ThinPool};
 use crate::names::Name;
 use crate::store::{Kind, Record, Source, Store};

@@ -328,8 +328,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
     use crate::dm::memory::MemoryPool;
+    use crate::engine::Limits;
     use crate::store::Store;
     use std::cell::RefCell;
 

@@ -43,7 +43,7 @@ fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
     let dir = tempfile::tempdir().unwrap();
     let pool = crate::dm::memory::MemoryPool::new(10 << 30);
     let store = crate::store::Store::open(dir.path()).unwrap();
-    let (e, _) = crate::engine::Engine::open(pool, store, crate::config::Limits::default()).unwrap();
+    let (e, _) = crate::engine::Engine::open(pool, store, crate::engine::Limits::default()).unwrap();
     e.create_volume("a", 1 << 30, None).unwrap();
     e.activate(crate::store::Kind::Volume, "a").unwrap();
     let node = crate::metrics::NodeMetrics::new().unwrap();

@@ -14,9 +14,9 @@ use tokio::sync::Notify;
 
 use super::crd::{ThinPool, ThinPoolStatus};
 use super::status;
-use crate::config::Limits;
 use crate::dm::ThinPool as Pool;
 use crate::engine::Engine;
+use crate::engine::Limits;
 
 pub const FIELD_MANAGER: &str = "thinpool-csi-node";
 

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::crd::ThinPoolStatus;
-use crate::config::Limits;
+use crate::engine::Limits;
 use crate::engine::{PoolReport, PoolState};
 use crate::units::human_bytes;
 

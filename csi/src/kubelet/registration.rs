@@ -89,9 +89,11 @@ impl Registrar {
     pub fn reset(&self) {
         self.set(State::Waiting);
     }
+}
 
+impl crate::metrics::ReadyCheck for Registrar {
     /// Readiness: registered with the kubelet, or why not.
-    pub fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), String> {
         match self.state() {
             State::Registered => Ok(()),
             State::Waiting => Err("not registered with the kubelet yet".to_owned()),
@@ -122,6 +124,7 @@ impl Registration for RegistrationService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ReadyCheck;
 
     fn status(ok: bool, error: &str) -> proto::RegistrationStatus {
         proto::RegistrationStatus { plugin_registered: ok, error: error.into() }

@@ -84,7 +84,8 @@ async fn apply(client: &kube::Client, yaml: &str, skip: &[&str]) -> Result<Vec<S
             continue;
         }
         let gvk = kube::api::GroupVersionKind::try_from(&types)?;
-        let (resource, caps) = discovery.resolve_gvk(&gvk).ok_or_else(|| format!("the API server serves no {gvk:?}"))?;
+        let (resource, caps) =
+            discovery.resolve_gvk(&gvk).ok_or_else(|| format!("the API server serves no {gvk:?}"))?;
         let name = obj.metadata.name.clone().ok_or("an object without a name")?;
         let api: Api<DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
             (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
@@ -163,7 +164,10 @@ async fn crd_as_served(plane: &ControlPlane) -> Result {
     let cells = &table["rows"][0]["cells"];
     let want = serde_json::json!(["table-node", "table-node", 10.0, 6.25, "3Gi", 3, "Ready"]);
     for (i, w) in want.as_array().ok_or("want")?.iter().enumerate() {
-        ensure(cells[i] == *w || cells[i].as_f64().zip(w.as_f64()).is_some_and(|(a, b)| a == b), format!("cell {i}: {} (want {w})", cells[i]))?;
+        ensure(
+            cells[i] == *w || cells[i].as_f64().zip(w.as_f64()).is_some_and(|(a, b)| a == b),
+            format!("cell {i}: {} (want {w})", cells[i]),
+        )?;
     }
     println!("  kubectl get thinpools: {columns:?} / {cells}");
     api.delete("table-node", &Default::default()).await?;
@@ -202,7 +206,10 @@ async fn node_restriction(plane: &ControlPlane) -> Result {
     );
     let policy = policies.get("thinpool-csi-node-restriction").await?;
     let warnings = &policy.data["status"]["typeChecking"]["expressionWarnings"];
-    ensure(warnings.is_null() || warnings.as_array().is_some_and(Vec::is_empty), format!("type-checking warnings: {warnings}"))?;
+    ensure(
+        warnings.is_null() || warnings.as_array().is_some_and(Vec::is_empty),
+        format!("type-checking warnings: {warnings}"),
+    )?;
     // spec.nodeName is what the controller publishes capacity for.
     let moved = serde_json::json!({ "spec": { "nodeName": "node-2" } });
     let r = api.patch("node-1", &PatchParams::default(), &Patch::Merge(&moved)).await.map(|_| None);
@@ -258,7 +265,11 @@ fn start_replica(plane: &ControlPlane, kubeconfig: &Path, name: &str) -> Result<
 async fn capacities(api: &Api<CSIStorageCapacity>, node: &str) -> Result<BTreeMap<String, (u64, String)>> {
     let mut out = BTreeMap::new();
     for c in api.list(&ListParams::default()).await?.items {
-        let on = c.node_topology.as_ref().and_then(|t| t.match_labels.as_ref()).and_then(|l| l.get(thinpool_csi::shared::TOPOLOGY_KEY));
+        let on = c
+            .node_topology
+            .as_ref()
+            .and_then(|t| t.match_labels.as_ref())
+            .and_then(|l| l.get(thinpool_csi::shared::TOPOLOGY_KEY));
         if on.map(String::as_str) == Some(node) {
             let text = c.capacity.as_ref().map_or(String::new(), |q| q.0.clone());
             out.insert(c.storage_class_name.clone(), (bytes_of(c.capacity.as_ref()), text));
@@ -268,7 +279,13 @@ async fn capacities(api: &Api<CSIStorageCapacity>, node: &str) -> Result<BTreeMa
 }
 
 /// Waits until every class's capacity for `node` is `bytes`; the time it took.
-async fn capacity_becomes(api: &Api<CSIStorageCapacity>, node: &str, classes: usize, bytes: u64, limit: Duration) -> Result<Duration> {
+async fn capacity_becomes(
+    api: &Api<CSIStorageCapacity>,
+    node: &str,
+    classes: usize,
+    bytes: u64,
+    limit: Duration,
+) -> Result<Duration> {
     let start = Instant::now();
     loop {
         let caps = capacities(api, node).await?;
@@ -290,13 +307,18 @@ async fn controller_end_to_end(plane: &ControlPlane) -> Result {
     let pools: Api<ThinPool> = Api::all(node1);
     let caps: Api<CSIStorageCapacity> = Api::namespaced(admin.clone(), NS);
     let classes = 2; // thinpool-ext4 and thinpool-xfs, from the manifests
-    // 5000000000 bytes: the API server returns the quantity as 5G.
+                     // 5000000000 bytes: the API server returns the quantity as 5G.
     thinpool_csi::k8s::publisher::publish(&pools, "node-1", &pool_status("node-1", 5_000_000_000)).await?;
-    let mut replicas = vec![start_replica(plane, &kubeconfig, "replica-a")?, start_replica(plane, &kubeconfig, "replica-b")?];
+    let mut replicas =
+        vec![start_replica(plane, &kubeconfig, "replica-a")?, start_replica(plane, &kubeconfig, "replica-b")?];
     let first = capacity_becomes(&caps, "node-1", classes, 5_000_000_000, Duration::from_secs(60)).await;
     let first = first.map_err(|e| format!("{e}; replica-a's log:\n{}", plane.log_tail("replica-a")))?;
     let read = capacities(&caps, "node-1").await?;
-    println!("  capacity written in {:.2} s after start: {:?}", first.as_secs_f64(), read.values().map(|(_, t)| t).collect::<Vec<_>>());
+    println!(
+        "  capacity written in {:.2} s after start: {:?}",
+        first.as_secs_f64(),
+        read.values().map(|(_, t)| t).collect::<Vec<_>>()
+    );
     for c in caps.list(&ListParams::default()).await?.items {
         let managers: Vec<String> =
             c.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
@@ -313,7 +335,10 @@ async fn controller_end_to_end(plane: &ControlPlane) -> Result {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(admin, NS);
     let lease = leases.get("thinpool-csi-controller").await?;
     let holder = lease.spec.and_then(|s| s.holder_identity).ok_or("no Lease holder")?;
-    let at = replicas.iter().position(|r| r.name == holder).ok_or_else(|| format!("the Lease holder {holder} is no replica"))?;
+    let at = replicas
+        .iter()
+        .position(|r| r.name == holder)
+        .ok_or_else(|| format!("the Lease holder {holder} is no replica"))?;
     let mut leader = replicas.remove(at);
     let stopped = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(leader.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
@@ -342,7 +367,10 @@ fn main() -> ExitCode {
             println!("apiserver: target/cluster/bin has no etcd and kube-apiserver (e2e/cluster/build.sh apiserver)");
             return ExitCode::FAILURE;
         }
-        println!("apiserver suite: {} checks skipped: no etcd and kube-apiserver (bash e2e/cluster/build.sh apiserver)", CHECKS.len());
+        println!(
+            "apiserver suite: {} checks skipped: no etcd and kube-apiserver (bash e2e/cluster/build.sh apiserver)",
+            CHECKS.len()
+        );
         return ExitCode::SUCCESS;
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -370,7 +398,12 @@ fn main() -> ExitCode {
         let start = Instant::now();
         loop {
             let c = crds.get("thinpools.thinpool.csi.io").await?;
-            let established = c.status.and_then(|s| s.conditions).into_iter().flatten().any(|c| c.type_ == "Established" && c.status == "True");
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Established" && c.status == "True");
             if established {
                 break;
             }
@@ -380,7 +413,8 @@ fn main() -> ExitCode {
         // The chart as users install it (manifests/thinpool-csi.yaml): RBAC, classes, CSIDriver and
         // the node-restriction policy; the workloads have no kubelet to run on.
         let chart = std::fs::read_to_string(Path::new(WORKSPACE).join("manifests/thinpool-csi.yaml"))?;
-        let applied = apply(&admin, &chart, &["DaemonSet", "Deployment", "PodDisruptionBudget", "VolumeSnapshotClass"]).await?;
+        let applied =
+            apply(&admin, &chart, &["DaemonSet", "Deployment", "PodDisruptionBudget", "VolumeSnapshotClass"]).await?;
         println!("  applied the CRD and {} objects of manifests/thinpool-csi.yaml", applied.len());
         Result::Ok(())
     });

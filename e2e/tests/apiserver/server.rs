@@ -122,18 +122,17 @@ impl ControlPlane {
         let start = Instant::now();
         let admin = self.dir.path().join("admin.kubeconfig");
         while start.elapsed() < limit {
-            let out = Command::new(
-                binaries().map_or_else(|| PathBuf::from("kubectl"), |b| b.join("kubectl")),
-            )
-            .arg(format!("--kubeconfig={}", admin.display()))
-            .args(["get", "--raw", "/readyz"])
-            .output();
+            let out = Command::new(binaries().map_or_else(|| PathBuf::from("kubectl"), |b| b.join("kubectl")))
+                .arg(format!("--kubeconfig={}", admin.display()))
+                .args(["get", "--raw", "/readyz"])
+                .output();
             if out.is_ok_and(|o| o.status.success()) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        Err(format!("kube-apiserver was not ready within {limit:?}; its log: {}", self.log_tail("kube-apiserver")).into())
+        Err(format!("kube-apiserver was not ready within {limit:?}; its log: {}", self.log_tail("kube-apiserver"))
+            .into())
     }
 
     pub fn log_tail(&self, name: &str) -> String {

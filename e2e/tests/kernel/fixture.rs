@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use thinpool_csi::config::{Limits, LoopSpec, NodeConfig, PoolSpec};
+use thinpool_csi::config::{NodeConfig, PoolSpec};
 use thinpool_csi::dm::kernel::KernelPool;
+use thinpool_csi::dm::loopback::LoopSpec;
 use thinpool_csi::dm::{PoolStatus, ThinPool};
 use thinpool_csi::engine::Engine;
+use thinpool_csi::engine::Limits;
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 

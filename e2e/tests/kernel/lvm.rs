@@ -1,9 +1,10 @@
 //! direct-lvm: `pool setup` on an empty device, adoption, and the seed demonstration on an LVM
 //! thin pool built in the guest; adoption refusals.
 
-use thinpool_csi::config::{Limits, NodeConfig, PoolSpec};
+use thinpool_csi::config::{NodeConfig, PoolSpec};
 use thinpool_csi::dm::{lvm, DmError, PoolKind, ThinPool};
 use thinpool_csi::engine::EngineError;
+use thinpool_csi::engine::Limits;
 
 use crate::fixture::*;
 

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use thinpool_csi::config::{Limits, LoopSpec, NodeConfig, PoolSpec};
+use thinpool_csi::config::{NodeConfig, PoolSpec};
 use thinpool_csi::csi::proto;
+use thinpool_csi::dm::loopback::LoopSpec;
+use thinpool_csi::engine::Limits;
 use thinpool_csi::engine::{Engine, StartupReport};
 use thinpool_csi::store::{Kind, Source};
 
