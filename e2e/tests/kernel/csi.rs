@@ -933,17 +933,16 @@ struct KubeletConn {
     hpack: loona_hpack::Encoder<'static>,
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use thinpool_csi::kubelet::authority::{
+    END_HEADERS as H2_END_HEADERS, HEADERS as H2_HEADERS, PADDED as H2_PADDED, PREFACE as H2_PREFACE,
+};
 const H2_DATA: u8 = 0x0;
-const H2_HEADERS: u8 = 0x1;
 const H2_RST_STREAM: u8 = 0x3;
 const H2_SETTINGS: u8 = 0x4;
 const H2_PING: u8 = 0x6;
 const H2_GOAWAY: u8 = 0x7;
-/// END_STREAM on DATA and HEADERS, ACK on SETTINGS and PING.
-const H2_END_STREAM_OR_ACK: u8 = 0x1;
-const H2_END_HEADERS: u8 = 0x4;
-const H2_PADDED: u8 = 0x8;
+/// END_STREAM on DATA and HEADERS, ACK on SETTINGS and PING (the same bit).
+const H2_END_STREAM_OR_ACK: u8 = thinpool_csi::kubelet::authority::END_STREAM;
 
 fn h2_write(w: &mut impl std::io::Write, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result {
     let len = u32::try_from(payload.len())?.to_be_bytes();
