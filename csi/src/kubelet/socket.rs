@@ -58,6 +58,24 @@ fn fronted(listener: UnixListener) -> (ReceiverStream<std::io::Result<DuplexStre
     (ReceiverStream::new(rx), accepting)
 }
 
+/// How long connections to a socket that is gone or being closed may take to end.
+pub const OLD_CONNECTIONS_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits for a stopped server's connections to end, at most [`OLD_CONNECTIONS_GRACE`], then
+/// drops it.
+async fn finish(server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let abort = server.abort_handle();
+    match tokio::time::timeout(OLD_CONNECTIONS_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "registration server"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "registration server task"),
+        Err(_) => {
+            tracing::warn!(grace = ?OLD_CONNECTIONS_GRACE, "a kubelet connection stayed open after the registration socket closed; dropping it");
+            abort.abort();
+        }
+    }
+}
+
 /// Serves registration on `path` until `shutdown` completes; then removes the socket.
 pub async fn serve(
     registrar: Arc<Registrar>,
@@ -91,12 +109,13 @@ pub async fn serve(
         };
         let _ = stop.send(());
         accepting.abort();
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "registration server"),
-            Err(e) => tracing::warn!(error = %e, "registration server task"),
-        }
+        // The old server ends once its connections have (it sends them GOAWAY). A client that never
+        // closes its connection must not keep the socket from being made anew, nor the plugin from
+        // stopping: the new socket does not wait for the old server, and the old one is given
+        // OLD_CONNECTIONS_GRACE before it is dropped with whatever it still holds.
+        let finishing = tokio::spawn(finish(server));
         if !removed {
+            let _ = finishing.await;
             if identity(&path) == ours {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(error = %e, socket = %path.display(), "removing the registration socket");
@@ -143,6 +162,35 @@ mod tests {
     /// Whether a server answers on the socket (a stale socket refuses connections).
     fn answers(path: &Path) -> bool {
         std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+
+    /// A client that connects, speaks HTTP/2 and then neither closes nor reads (it never sees the
+    /// GOAWAY) keeps neither the socket from being made anew nor the plugin from stopping.
+    #[tokio::test]
+    async fn a_connection_left_open_blocks_nothing() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(dir.path());
+        let registrar = Arc::new(Registrar::new("/e", None));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(registrar, path.clone(), Duration::from_millis(20), async {
+            let _ = stopped.await;
+        }));
+        wait_for("the socket", || answers(&path)).await;
+        let mut idle = tokio::net::UnixStream::connect(&path).await.unwrap();
+        idle.write_all(super::super::authority::PREFACE).await.unwrap();
+        idle.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS frame
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::remove_file(&path).unwrap();
+        wait_for("the socket made anew while the old connection stays open", || answers(&path)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(OLD_CONNECTIONS_GRACE * 2, task)
+            .await
+            .expect("the plugin stopped within the grace")
+            .unwrap()
+            .unwrap();
+        assert!(!path.exists(), "the socket is removed at shutdown");
+        drop(idle);
     }
 
     /// What the kubelet does, and what the registrar survives: a stale socket from an earlier run,
