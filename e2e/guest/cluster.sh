@@ -226,6 +226,11 @@ modprobe -d "$THINPOOL_E2E_KROOT" virtio_blk
 wait_for 30 "the image disk /dev/vda" test -b /dev/vda
 mkdir -p /var/lib/containerd
 mount -t ext4 /dev/vda /var/lib/containerd
+# The driver's state directory (the chart's stateDir: records and the loop pool's files) on its
+# own disk, as on a real node: in the guest's memory it would share a tmpfs with everything else.
+wait_for 30 "the pool disk /dev/vdb" test -b /dev/vdb
+mkdir -p /var/lib/thinpool-csi
+mount -t ext4 /dev/vdb /var/lib/thinpool-csi
 background containerd containerd --config "$E2E/containerd.toml"
 wait_for 60 "containerd answering" ctr version
 say "containerd ready: $(ctr -n k8s.io images ls -q | grep -cv '^sha256:') images"

@@ -141,7 +141,33 @@ fn cluster_in_vm(name: &str, env: &str, limit: Duration) -> Result<()> {
             "{needed} is missing: run e2e/cluster/build.sh and e2e/cluster/images.sh first (e2e/run.sh cluster does)"
         );
     }
+    let pool = pool_disk(&workspace.join("target/cluster"))?;
     let script = format!("{env}export THINPOOL_E2E_WS={ws}\nbash {ws}/e2e/guest/cluster.sh", ws = workspace.display());
-    // The control plane, containerd's images and the loop pool all live in the guest's memory.
-    vm::run_in_vm_with(name, &script, limit, false, 8192, &[images])
+    // The control plane lives in the guest's memory; containerd's images on /dev/vda and the
+    // driver's state directory (its loop pool's files) on /dev/vdb, both copy-on-write.
+    vm::run_in_vm_with(name, &script, limit, false, 8192, &[images, pool])
+}
+
+/// An empty ext4 disk for the node's `/var/lib/thinpool-csi`, where the chart's loop pool keeps its
+/// sparse files, as on a real node's disk. In the guest's memory (a tmpfs, at most half of it) a
+/// long run filled the tmpfs and the guest's memory long before the pool. Made once, sparse;
+/// attached copy-on-write, so every run starts from it empty.
+fn pool_disk(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    const BYTES: u64 = 32 << 30;
+    let disk = dir.join("pool.ext4");
+    if disk.metadata().is_ok_and(|m| m.len() == BYTES) {
+        return Ok(disk);
+    }
+    std::fs::create_dir_all(dir)?;
+    let partial = dir.join("pool.ext4.partial");
+    std::fs::File::create(&partial)?.set_len(BYTES)?;
+    // Inode tables and journal written now (few inodes: a pool is two files), not by the guest.
+    let out = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-N", "4096", "-L", "tpcsi-pool"])
+        .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(&partial)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "mke2fs {}: {}", partial.display(), String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&partial, &disk)?;
+    Ok(disk)
 }
