@@ -184,6 +184,16 @@ sidecar_images() {
 		/snapshot-controller
 }
 
+# busybox_container: a new working container holding Debian's static busybox and its applets in
+# /bin; prints its name.
+busybox_container() {
+	local c
+	c=$("${BUILDAH[@]}" from scratch)
+	"${BUILDAH[@]}" copy --chmod 0755 "$c" /bin/busybox /bin/busybox >/dev/null
+	"${BUILDAH[@]}" run --isolation chroot "$c" /bin/busybox --install -s /bin
+	echo "$c"
+}
+
 # Debian's static busybox: the pod sandbox (it only has to hold the pod's namespaces) and the
 # workload of the test pods (sh, dd, sleep, stat, blockdev).
 busybox_images() {
@@ -194,9 +204,7 @@ busybox_images() {
 		echo "up to date: $WORKLOAD_IMAGE"
 		return
 	fi
-	c=$("${BUILDAH[@]}" from scratch)
-	"${BUILDAH[@]}" copy --chmod 0755 "$c" /bin/busybox /bin/busybox
-	"${BUILDAH[@]}" run --isolation chroot "$c" /bin/busybox --install -s /bin
+	c=$(busybox_container)
 	"${BUILDAH[@]}" config --cmd '["sh"]' "$c"
 	"${BUILDAH[@]}" commit -q --rm "$c" "$WORKLOAD_IMAGE" >/dev/null
 	export_image "$WORKLOAD_IMAGE" "$file"
@@ -218,9 +226,7 @@ upstream_images() {
 		echo "up to date: $AGNHOST_IMAGE"
 		return
 	fi
-	c=$("${BUILDAH[@]}" from scratch)
-	"${BUILDAH[@]}" copy --chmod 0755 "$c" /bin/busybox /bin/busybox
-	"${BUILDAH[@]}" run --isolation chroot "$c" /bin/busybox --install -s /bin
+	c=$(busybox_container)
 	"${BUILDAH[@]}" copy --chmod 0755 "$c" "$agnhost" /agnhost
 	"${BUILDAH[@]}" config --entrypoint '["/agnhost"]' --cmd '["pause"]' "$c"
 	"${BUILDAH[@]}" commit -q --rm "$c" "$AGNHOST_IMAGE" >/dev/null

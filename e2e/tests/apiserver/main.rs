@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::storage::v1::CSIStorageCapacity;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::Discovery;
+use serde::Deserialize;
 use server::ControlPlane;
 use thinpool_csi::k8s::controller::bytes_of;
 use thinpool_csi::k8s::crd::{ThinPool, ThinPoolStatus};
@@ -69,7 +70,7 @@ fn pool_status(node: &str, allowed: u64) -> ThinPoolStatus {
     }
 }
 
-/// Applies every object of a YAML stream whose kind is not in `skip`, server-side, as `manager`.
+/// Applies every object of a YAML stream whose kind is not in `skip`, server-side.
 async fn apply(client: &kube::Client, yaml: &str, skip: &[&str]) -> Result<Vec<String>> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let mut applied = Vec::new();
@@ -97,8 +98,6 @@ async fn apply(client: &kube::Client, yaml: &str, skip: &[&str]) -> Result<Vec<S
     }
     Ok(applied)
 }
-
-use serde::Deserialize;
 
 /// A ServiceAccount token (TokenRequest), bound to `pod` (name, uid) when given.
 async fn token(client: &kube::Client, sa: &str, pod: Option<(&str, &str)>) -> Result<String> {
