@@ -123,6 +123,9 @@ build_sidecars() {
 # sidecars were built from (what a user applies from the external-snapshotter repository).
 copy_manifests() {
 	local mod="$here/sidecars" client snapshotter dest="$root/target/cluster/manifests"
+	# Only the two modules' sources (no build): CI's apiserver tier needs the CRDs too.
+	(cd "$mod" && go mod download github.com/kubernetes-csi/external-snapshotter/client/v8 \
+		github.com/kubernetes-csi/external-snapshotter/v8)
 	client=$(cd "$mod" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
 	snapshotter=$(cd "$mod" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/v8)
 	rm -rf "$dest"
@@ -140,6 +143,7 @@ case ${1:-all} in
 apiserver)
 	step "kube-apiserver and kubectl $KUBE_VERSION" build_kube kube-apiserver kubectl
 	step "etcd" build_etcd
+	step "snapshot manifests" copy_manifests
 	;;
 all)
 	step "kubernetes $KUBE_VERSION" build_kube

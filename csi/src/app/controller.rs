@@ -43,6 +43,11 @@ pub struct ControllerArgs {
     /// the pool cannot hold), instead of an external-resizer. Never together with one.
     #[arg(long, env = "EXPAND_CLAIMS", default_value_t = false, action = clap::ArgAction::Set)]
     pub expand_claims: bool,
+    /// Label VolumeSnapshotContents an operator created for a snapshot of this driver
+    /// (`source.snapshotHandle`) with the node the handle names, so that node's csi-snapshotter
+    /// (distributed snapshotting) takes them up. Needs list and patch on volumesnapshotcontents.
+    #[arg(long, env = "LABEL_SNAPSHOT_CONTENTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub label_snapshot_contents: bool,
     /// Check the flags, print what they mean (`--output json` for scripts), and exit without
     /// contacting the API server.
     #[arg(long)]
@@ -76,6 +81,14 @@ impl CheckedController<'_> {
             (
                 "claim expansion",
                 if a.expand_claims { "done here".to_owned() } else { "left to an external-resizer".to_owned() },
+            ),
+            (
+                "pre-provisioned snapshots",
+                if a.label_snapshot_contents {
+                    "labelled with their node".to_owned()
+                } else {
+                    "left unlabelled (label them yourself)".to_owned()
+                },
             ),
         ];
         Ok(super::summary("configuration ok (the API server was not contacted)", &rows))
@@ -141,6 +154,7 @@ pub fn run_controller(args: ControllerArgs, output: OutputFormat) -> anyhow::Res
             lease_name: args.lease_name,
             stale_after: args.stale_after,
             expand_claims: args.expand_claims,
+            label_snapshot_contents: args.label_snapshot_contents,
         };
         leader_loop::run(client, cfg, metrics, healthy, super::terminated()).await;
         Ok(())

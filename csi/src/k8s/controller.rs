@@ -64,6 +64,12 @@ pub enum ControllerError {
         #[source]
         source: kube::Error,
     },
+    #[error("labelling VolumeSnapshotContent {name} with its node: {source}")]
+    LabelContent {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("{verb} {name}: {source}")]
     Expansion {
         verb: &'static str,
@@ -86,6 +92,8 @@ pub struct PassReport {
     pub uids: BTreeMap<String, String>,
     /// How much more each node's pool may provision (fresh pools only), for expansion plans.
     pub room: BTreeMap<String, u64>,
+    /// The node of every pool, stale or not.
+    pub nodes: Vec<String>,
     /// Every StorageClass by name, as the expansion plans read it.
     pub classes: BTreeMap<String, Class>,
     pub created: usize,
@@ -150,7 +158,7 @@ fn object(d: &CapacityObject, namespace: &str, owner: Option<&StorageClass>) -> 
     }
 }
 
-fn patch_params() -> PatchParams {
+pub(crate) fn patch_params() -> PatchParams {
     PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
@@ -285,6 +293,7 @@ pub async fn reconcile(
             pool.status.as_ref().map_or_else(String::new, |s| s.state.clone())
         };
         report.states.push((name.clone(), state));
+        report.nodes.push(pool.spec.node_name.clone());
         if let Some(uid) = &pool.metadata.uid {
             report.uids.insert(name.clone(), uid.clone());
         }

@@ -30,6 +30,7 @@ use super::controller_metrics::ControllerMetrics;
 use super::crd::ThinPool;
 use super::expansion_pass::expansion_pass;
 use super::lease::LeaseKeeper;
+use super::snapshot_contents::label_pass;
 use super::status;
 use crate::shared::chain;
 
@@ -45,6 +46,8 @@ pub struct LoopConfig {
     pub stale_after: i64,
     /// Do the expansion bookkeeping of claims (`expansion`), instead of an external-resizer.
     pub expand_claims: bool,
+    /// Label pre-provisioned VolumeSnapshotContents with their node (`snapshot_contents`).
+    pub label_snapshot_contents: bool,
 }
 
 fn event(warning: bool, reason: String, note: String) -> Event {
@@ -117,6 +120,19 @@ async fn lead(
     }
     if r.created + r.updated + r.deleted > 0 {
         tracing::info!(created = r.created, updated = r.updated, deleted = r.deleted, "capacity objects written");
+    }
+    if cfg.label_snapshot_contents {
+        match label_pass(client, &r.nodes).await {
+            Ok(labelled) => {
+                for (content, node) in labelled {
+                    tracing::info!(content = %content, node = %node, "pre-provisioned VolumeSnapshotContent labelled with its node");
+                }
+            }
+            Err(e) => {
+                metrics.errors.inc();
+                tracing::warn!(error = %chain(&e), "labelling pre-provisioned snapshot contents failed");
+            }
+        }
     }
     if cfg.expand_claims {
         match expansion_pass(client, &r.room, &r.classes, &status::now()).await {

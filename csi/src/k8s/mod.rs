@@ -15,4 +15,5 @@ pub mod leader_loop;
 pub mod lease;
 pub mod orphans;
 pub mod publisher;
+pub mod snapshot_contents;
 pub mod status;

@@ -9,7 +9,9 @@
 //! - the controller (the real `thinpool-csi controller` under the chart's RBAC, two replicas) keeps
 //!   one CSIStorageCapacity per class for a pool the node publishes, follows a change, writes
 //!   with its field manager, reads quantities back by value (the API server rewrites 5000000000 as
-//!   5G), and another replica takes over when the leader is SIGTERMed.
+//!   5G), and another replica takes over when the leader is SIGTERMed;
+//! - a pre-provisioned VolumeSnapshotContent of this driver gets its node's label from the
+//!   controller (the snapshot CRDs from the external-snapshotter module), no other content does.
 //!
 //! Needs `target/cluster/bin/{etcd,kube-apiserver,kubectl}` (`e2e/cluster/build.sh apiserver`) and
 //! the `thinpool-csi` binary; prints "skipped" without the first unless `THINPOOL_APISERVER_REQUIRED`
@@ -134,6 +136,27 @@ async fn node_plugin_token(plane: &ControlPlane, admin: &kube::Client, node: &st
     plane.client(node).await
 }
 
+/// Waits until the CRD `name` is established: before that its kind is not served.
+async fn established(admin: &kube::Client, name: &str) -> Result {
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(admin.clone());
+    let start = Instant::now();
+    loop {
+        let c = crds.get(name).await?;
+        let established = c
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        ensure(start.elapsed() < Duration::from_secs(30), format!("the CRD {name} was not established within 30 s"))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn forbidden(r: std::result::Result<Option<String>, kube::Error>, says: &str) -> Result {
     match r {
         Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(says) => Ok(()),
@@ -250,7 +273,9 @@ impl Drop for Replica {
 fn start_replica(plane: &ControlPlane, kubeconfig: &Path, name: &str) -> Result<Replica> {
     let log = std::fs::File::create(plane.dir.path().join(format!("{name}.log")))?;
     let child = std::process::Command::new(csi_binary())
-        .args(["controller", "--namespace", NS, "--identity", name, "--metrics-address", "", "--expand-claims", "true"])
+        .args(["controller", "--namespace", NS, "--identity", name, "--metrics-address", ""])
+        // As the chart starts it.
+        .args(["--expand-claims", "true", "--label-snapshot-contents", "true"])
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(log.try_clone()?)
@@ -352,12 +377,108 @@ async fn controller_end_to_end(plane: &ControlPlane) -> Result {
     Ok(())
 }
 
+/// A VolumeSnapshotContent as an operator writes it (`handle`: a pre-provisioned one) or as the
+/// snapshot-controller does (`volume`: a dynamic one).
+fn snapshot_content(
+    name: &str,
+    driver: &str,
+    source: serde_json::Value,
+    labels: serde_json::Value,
+) -> Result<DynamicObject> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotContent",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "driver": driver,
+            "deletionPolicy": "Retain",
+            "source": source,
+            "volumeSnapshotRef": { "name": format!("snap-{name}"), "namespace": "default" }
+        }
+    }))?)
+}
+
+/// Pre-provisioned snapshots: the controller, under the chart's RBAC, labels a content an operator
+/// created with a snapshot handle of this driver with the node the handle names (what each node's
+/// csi-snapshotter selects by), and leaves every other content as it is.
+async fn preprovisioned_snapshot_contents(plane: &ControlPlane) -> Result {
+    let admin = plane.client("admin").await?;
+    let crds = Path::new(WORKSPACE).join("target/cluster/manifests/snapshot-crds");
+    for kind in ["volumesnapshotcontents", "volumesnapshots", "volumesnapshotclasses"] {
+        let file = crds.join(format!("snapshot.storage.k8s.io_{kind}.yaml"));
+        let yaml = std::fs::read_to_string(&file).map_err(|e| {
+            format!("{}: {e} (e2e/cluster/build.sh apiserver copies the snapshot CRDs)", file.display())
+        })?;
+        apply(&admin, &yaml, &[]).await?;
+        established(&admin, &format!("{kind}.snapshot.storage.k8s.io")).await?;
+    }
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent"),
+        "volumesnapshotcontents",
+    );
+    let contents: Api<DynamicObject> = Api::all_with(admin.clone(), &resource);
+    let driver = thinpool_csi::shared::PLUGIN_NAME;
+    let label = thinpool_csi::k8s::snapshot_contents::LABEL_MANAGED_BY;
+    let handle = |h: &str| serde_json::json!({ "snapshotHandle": h });
+    let objects = [
+        snapshot_content("pre", driver, handle("snap-1@node-1"), serde_json::json!({}))?,
+        snapshot_content("pre-labelled", driver, handle("snap-2@node-1"), serde_json::json!({ label: "node-2" }))?,
+        snapshot_content(
+            "dynamic",
+            driver,
+            serde_json::json!({ "volumeHandle": "vol-1@node-1" }),
+            serde_json::json!({}),
+        )?,
+        snapshot_content("other-driver", "hostpath.csi.k8s.io", handle("snap-3@node-1"), serde_json::json!({}))?,
+    ];
+    for o in &objects {
+        contents.create(&kube::api::PostParams::default(), o).await?;
+    }
+    let controller_token = token(&admin, "thinpool-csi-controller", None).await?;
+    let kubeconfig = plane.write_kubeconfig("controller", &controller_token)?;
+    let _replica = start_replica(plane, &kubeconfig, "replica-c")?;
+    let labels = |o: &DynamicObject| o.metadata.labels.clone().unwrap_or_default();
+    // The Lease the last check's replicas held must run out first (15 s).
+    let start = Instant::now();
+    loop {
+        let pre = contents.get("pre").await?;
+        if let Some(node) = labels(&pre).get(label) {
+            ensure(node == "node-1", format!("content pre labelled {label}={node}, not node-1"))?;
+            println!(
+                "  pre-provisioned content labelled with its node {:.1} s after the replica started",
+                start.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "content pre was not labelled within 60 s; replica-c's log:\n{}",
+                plane.log_tail("replica-c")
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more pass at least (every 5 s), then nothing else may have changed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let expect = [("pre-labelled", Some("node-2")), ("dynamic", None), ("other-driver", None)];
+    for (name, want) in expect {
+        let got = labels(&contents.get(name).await?).get(label).cloned();
+        ensure(got.as_deref() == want, format!("content {name}: {label} is {got:?}, expected {want:?}"))?;
+    }
+    for o in &objects {
+        contents.delete(o.metadata.name.as_deref().unwrap_or_default(), &Default::default()).await?;
+    }
+    Ok(())
+}
+
 type Check = for<'a> fn(&'a ControlPlane) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result> + 'a>>;
 
 const CHECKS: &[(&str, Check)] = &[
     ("crd_as_served", |p| Box::pin(crd_as_served(p))),
     ("node_restriction_policy", |p| Box::pin(node_restriction(p))),
     ("controller_end_to_end", |p| Box::pin(controller_end_to_end(p))),
+    ("preprovisioned_snapshot_contents", |p| Box::pin(preprovisioned_snapshot_contents(p))),
 ];
 
 fn main() -> ExitCode {
@@ -391,24 +512,7 @@ fn main() -> ExitCode {
         let admin = plane.client("admin").await?;
         let crd = std::fs::read_to_string(Path::new(WORKSPACE).join("manifests/crds/thinpool.csi.io_thinpools.yaml"))?;
         apply(&admin, &crd, &[]).await?;
-        // The CRD must be established before its kind is served.
-        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-            Api::all(admin.clone());
-        let start = Instant::now();
-        loop {
-            let c = crds.get("thinpools.thinpool.csi.io").await?;
-            let established = c
-                .status
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            ensure(start.elapsed() < Duration::from_secs(30), "the ThinPool CRD was not established within 30 s")?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        established(&admin, "thinpools.thinpool.csi.io").await?;
         // The chart as users install it (manifests/thinpool-csi.yaml): RBAC, classes, CSIDriver and
         // the node-restriction policy; the workloads have no kubelet to run on.
         let chart = std::fs::read_to_string(Path::new(WORKSPACE).join("manifests/thinpool-csi.yaml"))?;
