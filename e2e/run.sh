@@ -4,7 +4,8 @@
 #   e2e/run.sh test    every test: format, lints, unit tests, chart checks, the VM suite, the chart's
 #                      alerts on its scrapes, 50 power cuts, a seeded fuzz run, and the cluster
 #                      suite against KUBECONFIG when it is set; VM_CLUSTER=1 adds the cluster in
-#                      the VM (as `cluster` below: about 50 more minutes, too many for CI, see README "CI")
+#                      the VM and the upstream e2e smoke shard (as `cluster` and `upstream smoke`
+#                      below: about 70 more minutes, too many for CI, see README "CI")
 #   e2e/run.sh bench   thinpool-csi vs LVM latency table (OPS=200 by default)
 #   e2e/run.sh cluster a one-node Kubernetes in the VM (built from Go modules), the chart installed
 #                      with Helm, and the cluster suite against it
@@ -57,6 +58,9 @@ case "${1:-}" in
     # boots, which needs both too.
     if [ "${VM_CLUSTER:-0}" = 1 ]; then
       phase "cluster: Kubernetes in the VM, the chart installed with Helm, the cluster suite" run_cluster
+      # About ten specs of Kubernetes' own storage e2e suite, one from each of its test suites, on
+      # a cluster booted afresh (e2e/upstream/README.md): 15 to 20 more minutes.
+      phase "upstream e2e smoke shard on the VM cluster" bash e2e/upstream/run.sh smoke
     fi
     phase "VM suite (real device-mapper)" cargo run -q -p thinpool-e2e -- vm
     phase "the chart's alerts, evaluated by Prometheus's rule engine on the VM suite's scrapes" \
