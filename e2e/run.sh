@@ -54,6 +54,7 @@ case "${1:-}" in
       env THINPOOL_APISERVER_REQUIRED=1 cargo test -q --workspace
     phase "chart and manifests" bash e2e/chart/check.sh
     phase "documentation links" python3 e2e/docs/check-links.py
+    phase "csi.proto is the CSI spec's own (its Go module)" bash csi/proto/fetch.sh --check
     # VM_CLUSTER=1: the cluster in the VM too. Its builds take both cores and come before its VM
     # boots, which needs both too.
     if [ "${VM_CLUSTER:-0}" = 1 ]; then

@@ -44,6 +44,7 @@ pub struct NodeMetrics {
     volume_mapped: IntGaugeVec,
     csi_seconds: HistogramVec,
     csi_calls: IntCounterVec,
+    group_hold: prometheus::Histogram,
     orphaned: IntGauge,
     missing: IntGauge,
     registered: IntGauge,
@@ -94,6 +95,14 @@ impl NodeMetrics {
         ] {
             r.register(c)?;
         }
+        let group_hold = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "thinpool_group_snapshot_writers_held_seconds",
+                "How long a group snapshot held its volumes' writers (from the first suspend to the last resume).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(group_hold.clone()))?;
         let registration_failures = IntCounter::new(
             "thinpool_kubelet_registration_failures_total",
             "Times the kubelet refused to register the driver (NotifyRegistrationStatus false).",
@@ -120,6 +129,7 @@ impl NodeMetrics {
             )?,
             extensions,
             extension_failures,
+            group_hold,
             registered: gauge(&r, "thinpool_kubelet_registered", "1 while the kubelet has the driver registered.")?,
             registration_failures,
             data_total: gauge(&r, "thinpool_pool_data_total_bytes", "Size of the pool's data device.")?,
@@ -166,6 +176,11 @@ impl NodeMetrics {
     pub fn observe_call(&self, method: &str, code: tonic::Code, seconds: f64) {
         self.csi_seconds.with_label_values(&[method]).observe(seconds);
         self.csi_calls.with_label_values(&[method, &format!("{code:?}")]).inc();
+    }
+
+    /// Records how long a group snapshot held its volumes' writers.
+    pub fn observe_group_hold(&self, seconds: f64) {
+        self.group_hold.observe(seconds);
     }
 
     fn set_pool(&self, r: &PoolReport) {

@@ -39,9 +39,10 @@ CHART = os.path.join(ROOT, "charts", "thinpool-csi")
 CRD_NAME = "thinpool.csi.io_thinpools.yaml"
 MANIFEST = os.path.join(ROOT, "manifests", "thinpool-csi.yaml")
 SNAPSHOT_API = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass"
+GROUP_SNAPSHOT_API = "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass"
 # Served by every Kubernetes the chart supports (GA in 1.30); helm 3.10's own list predates it.
 ADMISSION_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
-NO_SCHEMA_KINDS = {"VolumeSnapshotClass", "PodMonitor", "PrometheusRule"}
+NO_SCHEMA_KINDS = {"VolumeSnapshotClass", "VolumeGroupSnapshotClass", "PodMonitor", "PrometheusRule"}
 # The images each workload may run: the ones CI builds and tests (issue 14).
 WORKLOAD_IMAGES = {
     "DaemonSet": {"thinpool-csi", "csi-provisioner", "csi-snapshotter"},
@@ -87,7 +88,7 @@ class Checker:
         if values:
             cmd += ["-f", values]
         if snapshots:
-            cmd += ["--api-versions", SNAPSHOT_API]
+            cmd += ["--api-versions", SNAPSHOT_API, "--api-versions", GROUP_SNAPSHOT_API]
         if admission_api:
             cmd += ["--api-versions", ADMISSION_API]
         return run(cmd + list(extra))
@@ -110,8 +111,9 @@ class Checker:
                         continue
                     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
                     kinds = {d["kind"] for d in docs}
-                    if ("VolumeSnapshotClass" in kinds) != snapshots:
-                        fail(f"{label}: VolumeSnapshotClass rendered={'VolumeSnapshotClass' in kinds}")
+                    for k in ("VolumeSnapshotClass", "VolumeGroupSnapshotClass"):
+                        if (k in kinds) != snapshots:
+                            fail(f"{label}: {k} rendered={k in kinds}")
                     self.validate_docs(out.stdout, kube, label)
                     self.check_structure(docs, label)
                     if kube == self.kube_versions[0] and snapshots:
@@ -136,7 +138,7 @@ class Checker:
         for d in docs:
             kind, name = d["kind"], d["metadata"]["name"]
             where = f"{label}: {kind} {name}"
-            if kind == "VolumeSnapshotClass":
+            if kind in ("VolumeSnapshotClass", "VolumeGroupSnapshotClass"):
                 if d.get("driver") != "thinpool.csi.io" or d.get("deletionPolicy") not in ("Delete", "Retain"):
                     fail(f"{where}: driver or deletionPolicy wrong")
             elif kind == "PodMonitor":

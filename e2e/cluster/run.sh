@@ -24,7 +24,8 @@
 #   THINPOOL_E2E_NODE_DIAGNOSTICS  a command printing what only the node shows (mounts, processes);
 #                            run on a failure, before anything is cleaned up (e2e/guest/cluster.sh
 #                            sets it for the cluster in the VM)
-set -euo pipefail
+# -E: the ERR trap (diagnostics) fires for a failing command inside a helper function too.
+set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 
 if [ -z "${KUBECONFIG:-}" ]; then
@@ -261,18 +262,24 @@ for n in $nodes; do
   until_ok 60 "CSINode $n lists thinpool.csi.io with its topology key" \
     bash -c "kubectl get csinode '$n' -o jsonpath='{.spec.drivers[?(@.name==\"thinpool.csi.io\")].topologyKeys}' | grep -q topology.thinpool.csi.io/node"
 done
-containers=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node -o jsonpath='{.items[0].spec.containers[*].name}')
-[ "$containers" = "thinpool-csi csi-provisioner csi-snapshotter" ] ||
-  die "the node pod runs '$containers', not thinpool-csi, csi-provisioner and csi-snapshotter"
-controller_containers=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=controller -o jsonpath='{.items[0].spec.containers[*].name}')
-[ "$controller_containers" = "thinpool-csi" ] || die "the controller pod runs '$controller_containers', not thinpool-csi alone"
-ok "CSINode lists thinpool.csi.io with topology.thinpool.csi.io/node; node pod: $containers; controller pod: thinpool-csi"
+# pods_run COMPONENT CONTAINERS: every pod of the component runs exactly these containers.
+pods_run() {
+  local pod got
+  while read -r pod got; do
+    [ "$got" = "$2" ] || die "pod $pod runs '$got', not '$2'"
+  done < <(kubectl -n "$NS" get pods -l "app.kubernetes.io/component=$1" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.spec.containers[*].name}{"\n"}{end}')
+}
+pods_run node "thinpool-csi csi-provisioner csi-snapshotter"
+pods_run controller "thinpool-csi"
+ok "CSINode lists thinpool.csi.io with topology.thinpool.csi.io/node; every node pod: thinpool-csi csi-provisioner csi-snapshotter; every controller pod: thinpool-csi"
 
 step "capacity objects for every (class, node)"
 classes=$(kubectl get storageclass -o jsonpath='{range .items[?(@.provisioner=="thinpool.csi.io")]}{.metadata.name}{" "}{end}')
 want=$(( $(wc -w <<<"$nodes") * $(wc -w <<<"$classes") ))
-until_ok 60 "$want CSIStorageCapacity objects" \
-  bash -c "[ \$(kubectl -n '$NS' get csistoragecapacities -l app.kubernetes.io/managed-by=thinpool-csi-controller -o name | wc -l) -ge $want ]"
+# Exactly one per (class, node): a duplicate or a left-over object is as wrong as a missing one.
+until_ok 60 "exactly $want CSIStorageCapacity objects" \
+  bash -c "[ \$(kubectl -n '$NS' get csistoragecapacities -l app.kubernetes.io/managed-by=thinpool-csi-controller -o name | wc -l) -eq $want ]"
 kubectl -n "$NS" get csistoragecapacities -l app.kubernetes.io/managed-by=thinpool-csi-controller \
   -o custom-columns=NAME:.metadata.name,CLASS:.storageClassName,CAPACITY:.capacity,MAX:.maximumVolumeSize
 ok "$want capacity objects"
@@ -393,6 +400,59 @@ got=$(kubectl -n "$APP" exec reader -- cat /data/hello)
 [ "$got" = "written-by-writer" ] || die "restored volume holds '$got', not the snapshot's 'written-by-writer'"
 ok "restored volume holds the snapshot's data (and not the later write)"
 
+step "group snapshot: two claims chosen by label, one instant, each member restored"
+kubectl api-resources --api-group=groupsnapshot.storage.k8s.io -o name | grep -q '^volumegroupsnapshots' ||
+  die "the group snapshot CRDs are not installed (see e2e/cluster/README.md)"
+for c in grp-a grp-b; do
+  claim "$c" 64Mi
+  kubectl -n "$APP" label pvc "$c" thinpool-e2e/group=db >/dev/null
+  pod_on "$c" "$c" "echo before-$c > /data/f && sync && sleep 3600"
+done
+for c in grp-a grp-b; do ready "$c"; done
+for c in grp-a grp-b; do until_ok 30 "$c wrote its file" kubectl -n "$APP" exec "$c" -- grep -qx "before-$c" /data/f; done
+snaps_before=$(kubectl get thinpool "$node" -o jsonpath='{.status.snapshots}')
+t_group=$(date +%s.%N)
+kubectl -n "$APP" apply -f - >/dev/null <<'EOF'
+apiVersion: groupsnapshot.storage.k8s.io/v1
+kind: VolumeGroupSnapshot
+metadata: {name: grp}
+spec:
+  volumeGroupSnapshotClassName: thinpool-group-snapshots
+  source: {selector: {matchLabels: {thinpool-e2e/group: db}}}
+EOF
+watch_until 180 "VolumeGroupSnapshot ready" '{.status.readyToUse}' true -n "$APP" volumegroupsnapshot grp
+timing "VolumeGroupSnapshot created -> readyToUse" "$(elapsed "$t_group")"
+# Its members: one VolumeSnapshot per claim, made by the snapshot-controller (claim=snapshot=ready).
+members() {
+  kubectl -n "$APP" get volumesnapshots \
+    -o jsonpath='{range .items[?(@.status.volumeGroupSnapshotName=="grp")]}{.spec.source.persistentVolumeClaimName}={.metadata.name}={.status.readyToUse}{"\n"}{end}' |
+    sort
+}
+members_ready() { [ "$(members | cut -d= -f1,3 | tr '\n' ' ')" = "grp-a=true grp-b=true " ]; }
+until_ok 120 "one ready member of grp for each claim" members_ready
+echo "members of grp (claim=snapshot=ready):"; members
+pool_snapshots_are() { [ "$(kubectl get thinpool "$node" -o jsonpath='{.status.snapshots}')" -eq "$1" ]; }
+until_ok 60 "the ThinPool counts the two members" pool_snapshots_are $((snaps_before + 2))
+ok "group snapshot grp of grp-a and grp-b ready, one member each (pool snapshots $snaps_before -> $((snaps_before + 2)))"
+for c in grp-a grp-b; do
+  kubectl -n "$APP" exec "$c" -- sh -c "echo after-$c > /data/f && sync"
+  snap=$(members | awk -F= -v c="$c" '$1 == c {print $2}')
+  claim "$c-restored" 64Mi thinpool-ext4 "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: $snap}"
+  pod_on "$c-restored" "$c-restored"
+done
+for c in grp-a grp-b; do
+  ready "$c-restored"
+  got=$(kubectl -n "$APP" exec "$c-restored" -- cat /data/f)
+  [ "$got" = "before-$c" ] || die "$c restored from its group member holds '$got', not 'before-$c'"
+done
+ok "each member, restored into a new claim, holds its claim's data at the group's instant"
+kubectl -n "$APP" delete pod grp-a-restored grp-b-restored grp-a grp-b --wait=true >/dev/null
+kubectl -n "$APP" delete pvc grp-a-restored grp-b-restored --wait=true >/dev/null
+kubectl -n "$APP" delete volumegroupsnapshot grp --wait=true --timeout="$(patient 180)s" >/dev/null
+until_ok 180 "the group's members are gone from the pool" pool_snapshots_are "$snaps_before"
+[ -z "$(members)" ] || die "member VolumeSnapshots left after their group was deleted: $(members | tr '\n' ' ')"
+ok "deleting the VolumeGroupSnapshot deletes its members, in Kubernetes and in the pool"
+
 step "clone, raw block, xfs and ReadWriteOncePod, side by side"
 claim clone 512Mi thinpool-ext4 '  dataSource: {kind: PersistentVolumeClaim, name: data}'
 pod_on cloned clone
@@ -471,6 +531,11 @@ until_ok 60 "claim probe marked ControllerResizeInfeasible" \
 reason=$(kubectl -n "$APP" get events --field-selector involvedObject.name=probe,reason=VolumeResizeFailed -o jsonpath='{.items[-1:].message}')
 [ -n "$reason" ] || die "no VolumeResizeFailed event on claim probe"
 echo "VolumeResizeFailed: $reason"
+# The reason names the pool's room and what to do, as the controller writes it.
+case "$reason" in
+  *"the thin pool on $node may provision only"*"lower the request"*) ;;
+  *) die "the VolumeResizeFailed event does not say why (the pool's room) and what to do: $reason" ;;
+esac
 # Kubernetes accepts a lowered request only above the claim's current capacity (512Mi here), so
 # the request taken back is one the pool can hold, and it is carried out.
 kubectl -n "$APP" patch pvc probe --type=merge -p '{"spec":{"resources":{"requests":{"storage":"640Mi"}}}}' >/dev/null
@@ -508,17 +573,35 @@ step "the node plugin's pod is deleted while a workload has its volume mounted"
 plugin=$(kubectl -n "$NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$node" -o name)
 kubectl -n "$NS" delete "$plugin" --wait=false >/dev/null
 t_plugin=$(date +%s.%N)
-for i in 1 2 3 4 5; do
-  kubectl -n "$APP" exec writer -- sh -c "echo during-restart-$i >> /data/log && sync" ||
-    die "the workload could not write while the plugin restarted"
-  sleep 1
+# The workload writes every 2 s until a new plugin pod is Ready; each write notes whether any
+# thinpool-csi container on the node was ready just before it. At least one must have been made
+# while none was: the plugin down, not merely terminating.
+plugin_up() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$node" \
+    -o jsonpath='{.items[*].status.containerStatuses[?(@.name=="thinpool-csi")].ready}' | grep -q true
+}
+new_plugin_ready() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$node" \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    grep -v "^${plugin#pod/} " | grep -q ' True$'
+}
+writes=0 writes_down=0 deadline=$(( $(date +%s) + $(patient 180) ))
+until new_plugin_ready; do
+  [ "$(date +%s)" -lt "$deadline" ] || die "no new plugin pod Ready $(patient 180) s after the old one was deleted"
+  up=1; plugin_up || up=0
+  writes=$((writes + 1))
+  kubectl -n "$APP" exec writer -- sh -c "echo during-restart-$writes >> /data/log && sync" ||
+    die "the workload could not write while the plugin restarted (write $writes)"
+  [ "$up" = 1 ] || writes_down=$((writes_down + 1))
+  sleep 2
 done
-until_ok 180 "a new plugin pod Ready" \
-  bash -c "kubectl -n '$NS' get pods -l app.kubernetes.io/component=node --field-selector spec.nodeName=$node -o jsonpath='{.items[*].metadata.name}{\" \"}{.items[*].status.conditions[?(@.type==\"Ready\")].status}' | grep -v '${plugin#pod/}' | grep -q True"
 timing "plugin pod deleted -> new one Ready" "$(elapsed "$t_plugin")"
+echo "writes during the restart: $writes, of which $writes_down with no thinpool-csi container ready"
+[ "$writes_down" -ge 1 ] || die "no write happened while the plugin was down ($writes writes, all with a plugin container ready)"
 watch_until 60 "ThinPool $node rw again" '{.status.mode}' rw thinpool "$node"
-[ "$(kubectl -n "$APP" exec writer -- grep -c during-restart /data/log)" = 5 ] || die "the writes made during the restart are not all there"
-ok "the workload kept writing; the new plugin pod is Ready and the pool rw"
+[ "$(kubectl -n "$APP" exec writer -- grep -c during-restart /data/log)" = "$writes" ] ||
+  die "the $writes writes made during the restart are not all there"
+ok "the workload wrote $writes times while the plugin restarted ($writes_down with the plugin down); the new plugin pod is Ready and the pool rw"
 
 step "the controller's leader pod is deleted: capacity keeps following the pools"
 lease_holder() { kubectl -n "$NS" get lease thinpool-csi-controller -o jsonpath='{.spec.holderIdentity}'; }

@@ -268,14 +268,16 @@ say "kubelet and kube-proxy started"
 wait_for 300 "node $NODE Ready" kubectl wait --for=condition=Ready "node/$NODE" --timeout=1s
 say "node $NODE Ready"
 
-# --- what docs/install.md asks for before the chart: the snapshot CRDs and snapshot-controller
-# with distributed snapshotting (external-snapshotter v8.6.0's own manifests, its image our build)
+# --- what docs/install.md asks for before the chart: the snapshot and group snapshot CRDs and the
+# snapshot-controller with distributed snapshotting and group snapshots (external-snapshotter
+# v8.6.0's own manifests, its image our build)
 kubectl apply -f "$MANIFESTS/snapshot-crds/" >/dev/null
 kubectl apply -f "$MANIFESTS/snapshot-controller/" >/dev/null
 kubectl -n kube-system patch deployment snapshot-controller --type=json -p '[
   {"op": "replace", "path": "/spec/replicas", "value": 1},
   {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "registry.k8s.io/sig-storage/snapshot-controller:v8.6.0"},
-  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--enable-distributed-snapshotting"}]' >/dev/null
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--enable-distributed-snapshotting"},
+  {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--feature-gates=CSIVolumeGroupSnapshot=true"}]' >/dev/null
 # Distributed snapshotting reads Nodes: the rule the stock RBAC leaves commented out (docs/install.md).
 kubectl patch clusterrole snapshot-controller-runner --type=json -p '[
   {"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}}]' >/dev/null

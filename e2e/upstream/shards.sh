@@ -16,8 +16,8 @@ SPEC_PREFIX='External Storage \[Driver: thinpool\.csi\.io\] \[Testpattern: [^]]*
 BASE_SKIP='\[Disruptive\]|\[Feature:SELinux|\[Feature:Windows\]|\] snapshotmetadata'
 
 # All shards, in the order `e2e/run.sh upstream` runs them when none is named.
-SHARDS=(provisioning volumes volumeMode volume-expand snapshottable capacity multiVolume-1 multiVolume-2
-	subPath fsgroupchangepolicy ephemeral volumeIO read-write-once-pod topology other serial)
+SHARDS=(provisioning volumes volumeMode volume-expand snapshottable group-snapshots capacity multiVolume-1
+	multiVolume-2 subPath fsgroupchangepolicy ephemeral volumeIO read-write-once-pod topology other serial)
 
 # suite NAME[|NAME...] [PATTERN-REGEX]: the main-pass shard of those test suites (optionally only
 # test patterns matching PATTERN-REGEX).
@@ -36,9 +36,11 @@ shard_args() {
 	# 45 specs, 36 of them on dynamic volumes: split by test pattern so each part fits in one run.
 	multiVolume-1) suite multiVolume 'Dynamic PV \((block|filesystem) volmode\)' ;;
 	multiVolume-2) suite multiVolume '(Dynamic PV \((ext4|xfs)\)|Pre-provisioned PV [^]]*)' ;;
-	# The suites with one to ten specs that need a capability the driver does not claim (group
-	# snapshots, VolumeAttributesClass, volume limits) or are stress and performance runs.
-	other) suite 'volumeLimits|volume-modify|volume-modify-stress|volume-lifecycle-performance|pvc-deletion-performance|volume-stress|snapshottable-stress|volumegroupsnapshottable|volumegroupsnapshottable-stress|volumegroupsnapshotclass' ;;
+	# VolumeGroupSnapshots (issue 25); the VolumeGroupSnapshotClass specs are [Serial]: `serial`.
+	group-snapshots) suite 'volumegroupsnapshottable|volumegroupsnapshottable-stress' ;;
+	# The suites with one to ten specs that need a capability the driver does not claim
+	# (VolumeAttributesClass, volume limits) or are stress and performance runs.
+	other) suite 'volumeLimits|volume-modify|volume-modify-stress|volume-lifecycle-performance|pvc-deletion-performance|volume-stress|snapshottable-stress|volumegroupsnapshotclass' ;;
 	# The [Serial] specs that need neither a second node nor SSH ([Disruptive] stays out).
 	serial)
 		FOCUS="${SPEC_PREFIX}.*\\[Serial\\]"

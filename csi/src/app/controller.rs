@@ -44,8 +44,9 @@ pub struct ControllerArgs {
     #[arg(long, env = "EXPAND_CLAIMS", default_value_t = false, action = clap::ArgAction::Set)]
     pub expand_claims: bool,
     /// Label VolumeSnapshotContents an operator created for a snapshot of this driver
-    /// (`source.snapshotHandle`) with the node the handle names, so that node's csi-snapshotter
-    /// (distributed snapshotting) takes them up. Needs list and patch on volumesnapshotcontents.
+    /// (`source.snapshotHandle`) and every VolumeGroupSnapshotContent of this driver with the node
+    /// their handles name, so that node's csi-snapshotter (distributed snapshotting) takes them up.
+    /// Needs list and patch on volumesnapshotcontents and volumegroupsnapshotcontents.
     #[arg(long, env = "LABEL_SNAPSHOT_CONTENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub label_snapshot_contents: bool,
     /// Check the flags, print what they mean (`--output json` for scripts), and exit without
@@ -83,7 +84,7 @@ impl CheckedController<'_> {
                 if a.expand_claims { "done here".to_owned() } else { "left to an external-resizer".to_owned() },
             ),
             (
-                "pre-provisioned snapshots",
+                "pre-provisioned and group snapshot contents",
                 if a.label_snapshot_contents {
                     "labelled with their node".to_owned()
                 } else {

@@ -183,13 +183,28 @@ fn created(unix: u64) -> String {
 fn records_table(records: &[Record]) -> String {
     let mut t = Table::new(&["NAME", "SIZE", "THIN-ID", "SOURCE", "CREATED"]);
     for r in records {
-        t.row(vec![
-            r.name.to_string(),
-            human_bytes(r.size_bytes),
-            r.thin_id.to_string(),
-            r.source.as_ref().map_or("-".to_owned(), |s| s.to_string()),
-            created(r.created_unix),
-        ]);
+        t.row(record_row(r));
+    }
+    t.render()
+}
+
+fn record_row(r: &Record) -> Vec<String> {
+    vec![
+        r.name.to_string(),
+        human_bytes(r.size_bytes),
+        r.thin_id.to_string(),
+        r.source.as_ref().map_or("-".to_owned(), |s| s.to_string()),
+        created(r.created_unix),
+    ]
+}
+
+/// Snapshots, with the group snapshot each was taken in (`-` for one taken alone).
+fn snapshots_table(records: &[Record]) -> String {
+    let mut t = Table::new(&["NAME", "SIZE", "THIN-ID", "SOURCE", "CREATED", "GROUP"]);
+    for r in records {
+        let mut row = record_row(r);
+        row.push(r.group.as_ref().map_or("-".to_owned(), |g| g.to_string()));
+        t.row(row);
     }
     t.render()
 }
@@ -244,12 +259,13 @@ pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
             let check = engine(&args, Access::Read)?.check()?;
             print(out, &check, || {
                 format!(
-                    "pool transaction id: {}\nrecords' transaction id: {}\norphan thin ids (in the pool, no record): {:?}\nmissing thin ids (recorded, not in the pool): {:?}\nopen intents: {}\nverdict: {}\n",
+                    "pool transaction id: {}\nrecords' transaction id: {}\norphan thin ids (in the pool, no record): {:?}\nmissing thin ids (recorded, not in the pool): {:?}\nopen intents: {}\ngroup snapshots half made or half deleted: {:?}\nverdict: {}\n",
                     check.pool_transaction_id,
                     check.store_transaction_id.map_or("none".into(), |t| t.to_string()),
                     check.orphan_thin_ids.iter().map(|i| i.get()).collect::<Vec<_>>(),
                     check.missing_thin_ids.iter().map(|i| i.get()).collect::<Vec<_>>(),
                     check.open_intents,
+                    check.inconsistent_groups,
                     if check.is_clean() { "consistent" } else { "INCONSISTENT" }
                 )
             })?;
@@ -328,7 +344,7 @@ pub fn snapshots(cmd: SnapshotsCommand, out: OutputFormat) -> Result<(), CliErro
     match cmd {
         SnapshotsCommand::List(args) => {
             let list = engine(&args, Access::Read)?.list(Kind::Snapshot)?;
-            print(out, &list, || records_table(&list))
+            print(out, &list, || snapshots_table(&list))
         }
         SnapshotsCommand::Delete { name, pool } => {
             let outcome = engine(&pool, Access::Write)?.delete(Kind::Snapshot, &name)?;
@@ -371,6 +387,25 @@ mod tests {
             assert!(!state.exists(), "{kind:?} created {}", state.display());
             assert!(!loops.exists(), "{kind:?} created {}", loops.display());
         }
+    }
+
+    #[test]
+    fn the_snapshot_list_shows_each_snapshot_s_group() {
+        let record = |name: &str, group: Option<&str>| Record {
+            name: crate::names::Name::new(name).unwrap(),
+            kind: Kind::Snapshot,
+            thin_id: crate::units::ThinId::new(7).unwrap(),
+            size_bytes: 1 << 30,
+            requested_bytes: 1 << 30,
+            source: Some(Source::Volume(crate::names::Name::new("db-data").unwrap())),
+            created_unix: 0,
+            group: group.map(|g| crate::names::Name::new(g).unwrap()),
+        };
+        let table = snapshots_table(&[record("g1:0", Some("g1")), record("alone", None)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].trim_end().ends_with("GROUP"), "{table}");
+        assert!(lines[1].starts_with("g1:0") && lines[1].trim_end().ends_with("g1"), "{table}");
+        assert!(lines[2].starts_with("alone") && lines[2].trim_end().ends_with('-'), "{table}");
     }
 
     /// A command that would change the pool but cannot open it leaves no state behind either.

@@ -19,11 +19,13 @@ fn service(t: plugin_capability::service::Type) -> proto::PluginCapability {
     }
 }
 
-/// Controller service (runs on each node, see the README), topology, online expansion.
+/// Controller service (runs on each node, see the README), group snapshots, topology, online
+/// expansion.
 pub fn plugin() -> Vec<proto::PluginCapability> {
     use plugin_capability::service::Type as S;
     vec![
         service(S::ControllerService),
+        service(S::GroupControllerService),
         service(S::VolumeAccessibilityConstraints),
         proto::PluginCapability {
             r#type: Some(plugin_capability::Type::VolumeExpansion(plugin_capability::VolumeExpansion {

@@ -24,7 +24,7 @@ pub struct ControllerService<P: ThinPool, M: Mounter> {
     pub driver: Arc<Driver<P, M>>,
 }
 
-fn timestamp(unix: u64) -> prost_types::Timestamp {
+pub(super) fn timestamp(unix: u64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: i64::try_from(unix).unwrap_or(i64::MAX), nanos: 0 }
 }
 
@@ -49,17 +49,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
     }
 
     fn snapshot(&self, r: &Record) -> proto::Snapshot {
-        let source = match &r.source {
-            Some(Source::Volume(v)) => ObjectId::format(v, &self.driver.node_id),
-            _ => String::new(),
-        };
-        proto::Snapshot {
-            size_bytes: bytes_i64(r.size_bytes),
-            snapshot_id: ObjectId::format(&r.name, &self.driver.node_id),
-            source_volume_id: source,
-            creation_time: Some(timestamp(r.created_unix)),
-            ready_to_use: true,
-        }
+        snapshot(r, &self.driver.node_id)
     }
 
     /// An id (the request's `field`) of an object on this node; `None` when it names nothing.
@@ -86,6 +76,22 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> ControllerService<P, M> {
             PoolState::Rw => proto::VolumeCondition { abnormal: false, message: "pool is rw".into() },
             s => proto::VolumeCondition { abnormal: true, message: format!("the node's thin pool is {s}") },
         })
+    }
+}
+
+/// A snapshot as CSI describes it; a member of a group snapshot carries the group's id.
+pub(super) fn snapshot(r: &Record, node: &str) -> proto::Snapshot {
+    let source = match &r.source {
+        Some(Source::Volume(v)) => ObjectId::format(v, node),
+        _ => String::new(),
+    };
+    proto::Snapshot {
+        size_bytes: bytes_i64(r.size_bytes),
+        snapshot_id: ObjectId::format(&r.name, node),
+        source_volume_id: source,
+        creation_time: Some(timestamp(r.created_unix)),
+        ready_to_use: true,
+        group_snapshot_id: r.group.as_ref().map(|g| ObjectId::format(g, node)).unwrap_or_default(),
     }
 }
 
@@ -192,6 +198,10 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
             if let Err(e) = validate::fs_param(&req.parameters) {
                 return Ok(proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() });
             }
+            if !req.mutable_parameters.is_empty() {
+                let message = "thinpool.csi.io takes no mutable parameters (VolumeAttributesClass is not supported)";
+                return Ok(proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: message.into() });
+            }
             Ok(match validate::capabilities(&req.volume_capabilities) {
                 Err(e) => proto::ValidateVolumeCapabilitiesResponse { confirmed: None, message: e.to_string() },
                 Ok(_) => proto::ValidateVolumeCapabilitiesResponse {
@@ -199,6 +209,7 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> Controller for Arc<ControllerS
                         volume_context: req.volume_context,
                         volume_capabilities: req.volume_capabilities,
                         parameters: req.parameters,
+                        mutable_parameters: Default::default(),
                     }),
                     message: String::new(),
                 },

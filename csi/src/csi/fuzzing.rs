@@ -307,7 +307,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<Frame>)> {
     }
     let cap = |fs: &str| proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
     };
     let block = proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),

@@ -1,4 +1,5 @@
-//! The CSI services (Identity, Controller, Node) on one tonic server over a unix socket.
+//! The CSI services (Identity, Controller, GroupController, Node) on one tonic server over a unix
+//! socket.
 //! Handlers are thin: validate the request into typed values (`validate`, `ids`), call the engine
 //! or the mounter on a blocking thread, build the response. Codes are chosen in `error` only.
 
@@ -8,6 +9,9 @@ pub mod controller;
 pub mod error;
 #[cfg(any(test, feature = "test-double"))]
 pub mod fuzzing;
+pub mod group_controller;
+#[cfg(test)]
+mod group_tests;
 pub mod guard;
 pub mod identity;
 pub mod lookup;
@@ -47,8 +51,16 @@ pub struct Driver<P: ThinPool, M: Mounter> {
 }
 
 /// Calls after which the pool's published status is refreshed.
-const CHANGES_POOL: &[&str] =
-    &["CreateVolume", "DeleteVolume", "CreateSnapshot", "DeleteSnapshot", "NodeExpandVolume", "NodeStageVolume"];
+const CHANGES_POOL: &[&str] = &[
+    "CreateVolume",
+    "DeleteVolume",
+    "CreateSnapshot",
+    "DeleteSnapshot",
+    "CreateVolumeGroupSnapshot",
+    "DeleteVolumeGroupSnapshot",
+    "NodeExpandVolume",
+    "NodeStageVolume",
+];
 
 impl<P: ThinPool + 'static, M: Mounter + 'static> Driver<P, M> {
     /// Runs blocking work (ioctls, store transactions, mkfs) off the async runtime.

@@ -1,4 +1,4 @@
-//! The three CSI services on one unix socket. A stale socket is removed only when it is a socket;
+//! The CSI services on one unix socket. A stale socket is removed only when it is a socket;
 //! the new one is private (0600). The node process (`app::node`) binds it only after start-up
 //! recovery, so nothing is served from a pool that has not been checked.
 
@@ -10,9 +10,13 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::controller::ControllerService;
+use super::group_controller::GroupControllerService;
 use super::identity::IdentityService;
 use super::node::NodeService;
-use super::proto::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
+use super::proto::{
+    controller_server::ControllerServer, group_controller_server::GroupControllerServer,
+    identity_server::IdentityServer, node_server::NodeServer,
+};
 use super::Driver;
 use crate::dm::ThinPool;
 use crate::mount::Mounter;
@@ -64,7 +68,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves the three services on `listener` until `shutdown` completes.
+/// Serves the CSI services on `listener` until `shutdown` completes.
 pub async fn serve<P: ThinPool + 'static, M: Mounter + 'static>(
     driver: Arc<Driver<P, M>>,
     listener: UnixListener,
@@ -73,6 +77,7 @@ pub async fn serve<P: ThinPool + 'static, M: Mounter + 'static>(
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService { driver: driver.clone() }))
         .add_service(ControllerServer::new(Arc::new(ControllerService { driver: driver.clone() })))
+        .add_service(GroupControllerServer::new(Arc::new(GroupControllerService { driver: driver.clone() })))
         .add_service(NodeServer::new(Arc::new(NodeService { driver })))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;

@@ -45,7 +45,7 @@ fn fixture_on(node: &str) -> Fixture {
 fn mount_cap(fs: &str) -> proto::VolumeCapability {
     proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
     }
 }
 
@@ -91,7 +91,7 @@ async fn identity() {
     assert_eq!(info.name, "thinpool.csi.io");
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
     let caps = f.identity.get_plugin_capabilities(Request::new(Default::default())).await.unwrap().into_inner();
-    assert_eq!(caps.capabilities.len(), 3);
+    assert_eq!(caps.capabilities.len(), 4, "controller, group controller, topology, online expansion");
     let probe = f.identity.probe(Request::new(Default::default())).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
     f.driver.engine.pool().set_mode(PoolMode::Ro);

@@ -47,6 +47,13 @@ pub fn capability(cap: &proto::VolumeCapability) -> Result<Access, CsiError> {
     let kind = match &cap.access_type {
         Some(AccessType::Block(_)) => AccessKind::Block,
         Some(AccessType::Mount(m)) => {
+            if !m.volume_mount_group.is_empty() {
+                // Only for a node that reports VOLUME_MOUNT_GROUP: the kubelet applies fsGroup itself.
+                return Err(CsiError::invalid(format!(
+                    "volume_mount_group {:?} is not supported: the kubelet applies fsGroup itself",
+                    m.volume_mount_group
+                )));
+            }
             let fs = match m.fs_type.as_str() {
                 "" => None,
                 other => Some(FsType::parse(other).ok_or_else(|| {
@@ -257,7 +264,11 @@ mod tests {
     }
 
     fn mount(fs: &str) -> Option<AccessType> {
-        Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec!["noatime".into()] }))
+        Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            mount_flags: vec!["noatime".into()],
+            ..Default::default()
+        }))
     }
 
     #[test]

@@ -168,6 +168,19 @@ impl ThinPool for KernelPool {
         sent.and(resumed)
     }
 
+    fn suspend_thin(&self, id: ThinId) -> Result<bool, DmError> {
+        if self.thin_info(id)?.is_none() {
+            return Ok(false);
+        }
+        // DM_SUSPEND without DM_NOFLUSH: in-flight writes complete before the device stops.
+        self.suspend(&self.name_of(id), true)?;
+        Ok(true)
+    }
+
+    fn create_snap_held(&self, id: ThinId, origin: ThinId) -> Result<(), DmError> {
+        self.message(&format!("create_snap {id} {origin}"))
+    }
+
     fn delete_thin(&self, id: ThinId) -> Result<(), DmError> {
         self.message(&format!("delete {id}"))
     }

@@ -22,7 +22,13 @@ struct State {
     mode: Option<PoolMode>,
     no_space: Option<NoSpacePolicy>,
     needs_check: bool,
-    fail_next: Vec<(&'static str, Errno)>,
+    /// (op, calls of it to let through first, errno).
+    fail_next: Vec<(&'static str, u32, Errno)>,
+    /// Active devices held suspended.
+    suspended: BTreeSet<ThinId>,
+    /// Suspends, resumes and snapshot messages in the order they happened ("suspend 3",
+    /// "create_snap 9 3", "resume 3"), for tests of a group snapshot's order.
+    log: Vec<String>,
     messages: u64,
     /// Status calls take this long, as a hung pool's ioctl would.
     status_delay: std::time::Duration,
@@ -58,7 +64,11 @@ impl MemoryPool {
 
     /// The next call of `op` fails with `errno` (after no effect).
     pub fn fail_next(&self, op: &'static str, errno: Errno) {
-        self.st().fail_next.push((op, errno));
+        self.fail_later(op, 0, errno);
+    }
+    /// The call of `op` after the next `skip` ones fails with `errno` (after no effect).
+    pub fn fail_later(&self, op: &'static str, skip: u32, errno: Errno) {
+        self.st().fail_next.push((op, skip, errno));
     }
     /// Every status call takes `delay` (a pool whose ioctls hang).
     pub fn set_status_delay(&self, delay: std::time::Duration) {
@@ -97,6 +107,13 @@ impl MemoryPool {
         let st = self.st();
         format!("tid={} messages={} thins={:?} active={:?}", st.tid, st.messages, st.thins, st.active)
     }
+    /// Suspends, resumes and snapshot messages so far, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.st().log.clone()
+    }
+    pub fn is_suspended(&self, id: ThinId) -> bool {
+        self.st().suspended.contains(&id)
+    }
     pub fn is_active(&self, id: ThinId) -> bool {
         self.st().active.contains_key(&id)
     }
@@ -110,9 +127,13 @@ impl MemoryPool {
 
     fn step(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, State>, DmError> {
         let mut st = self.st();
-        if let Some(pos) = st.fail_next.iter().position(|(o, _)| *o == op) {
-            let (_, errno) = st.fail_next.remove(pos);
-            return Err(DmError::Kernel { op: op.to_owned(), errno });
+        if let Some(pos) = st.fail_next.iter().position(|(o, _, _)| *o == op) {
+            if st.fail_next[pos].1 > 0 {
+                st.fail_next[pos].1 -= 1;
+            } else {
+                let (_, _, errno) = st.fail_next.remove(pos);
+                return Err(DmError::Kernel { op: op.to_owned(), errno });
+            }
         }
         Ok(st)
     }
@@ -174,6 +195,32 @@ impl ThinPool for MemoryPool {
         Ok(())
     }
 
+    fn suspend_thin(&self, id: ThinId) -> Result<bool, DmError> {
+        let mut st = self.step("suspend")?;
+        if !st.active.contains_key(&id) {
+            return Ok(false);
+        }
+        st.suspended.insert(id);
+        st.log.push(format!("suspend {id}"));
+        Ok(true)
+    }
+
+    fn create_snap_held(&self, id: ThinId, origin: ThinId) -> Result<(), DmError> {
+        let mut st = self.message("create_snap")?;
+        // The kernel would take it, but the snapshot would not hold one instant with the others.
+        if st.active.contains_key(&origin) && !st.suspended.contains(&origin) {
+            return Err(kernel("create_snap of an active origin not held suspended", Errno::EINVAL));
+        }
+        if !st.thins.contains(&origin) {
+            return Err(kernel("create_snap", Errno::ENODATA));
+        }
+        if !st.thins.insert(id) {
+            return Err(kernel("create_snap", Errno::EEXIST));
+        }
+        st.log.push(format!("create_snap {id} {origin}"));
+        Ok(())
+    }
+
     fn delete_thin(&self, id: ThinId) -> Result<(), DmError> {
         let mut st = self.message("delete")?;
         if st.active.get(&id).is_some_and(|a| a.1 > 0) {
@@ -222,8 +269,12 @@ impl ThinPool for MemoryPool {
         Ok(())
     }
 
-    fn resume(&self, _id: ThinId) -> Result<(), DmError> {
-        self.step("resume").map(|_| ())
+    fn resume(&self, id: ThinId) -> Result<(), DmError> {
+        let mut st = self.step("resume")?;
+        if st.suspended.remove(&id) {
+            st.log.push(format!("resume {id}"));
+        }
+        Ok(())
     }
 
     fn active_devices(&self) -> Result<Vec<ActiveThin>, DmError> {
@@ -231,7 +282,7 @@ impl ThinPool for MemoryPool {
         Ok(st
             .active
             .iter()
-            .map(|(id, (_, open))| ActiveThin { id: *id, suspended: false, open_count: *open })
+            .map(|(id, (_, open))| ActiveThin { id: *id, suspended: st.suspended.contains(id), open_count: *open })
             .collect())
     }
 

@@ -130,6 +130,13 @@ pub trait ThinPool: Send + Sync {
     fn create_thin(&self, id: ThinId) -> Result<(), DmError>;
     /// `create_snap <id> <origin>`, with the origin suspended while it is active and always resumed.
     fn create_snap(&self, id: ThinId, origin: ThinId) -> Result<(), DmError>;
+    /// Suspends thin device `id` if it is active, waiting for its in-flight writes to complete
+    /// (a flushing suspend): from then on its contents cannot change until [`resume`](Self::resume).
+    /// `false` when it is not active (nothing can write to it).
+    fn suspend_thin(&self, id: ThinId) -> Result<bool, DmError>;
+    /// `create_snap <id> <origin>` alone, for an origin the caller holds suspended (or that is not
+    /// active): a group snapshot suspends every member first, so all snapshots hold one instant.
+    fn create_snap_held(&self, id: ThinId, origin: ThinId) -> Result<(), DmError>;
     /// `delete <id>`.
     fn delete_thin(&self, id: ThinId) -> Result<(), DmError>;
     /// `set_transaction_id <current> <new>`: the commit point of a pool change.
@@ -140,7 +147,7 @@ pub trait ThinPool: Send + Sync {
     fn deactivate(&self, id: ThinId) -> Result<(), DmError>;
     /// Reloads an active thin device's table with a new size; does nothing when inactive.
     fn resize(&self, id: ThinId, sectors: u64) -> Result<(), DmError>;
-    /// Resumes an active thin device left suspended (by a crash mid-snapshot).
+    /// Resumes a suspended thin device (one a group snapshot holds, or one a crash left suspended).
     fn resume(&self, id: ThinId) -> Result<(), DmError>;
     /// Our active thin devices.
     fn active_devices(&self) -> Result<Vec<ActiveThin>, DmError>;

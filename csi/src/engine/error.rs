@@ -37,6 +37,12 @@ pub enum EngineError {
     NotFound { kind: Kind, name: Name },
     #[error("{kind} {name} already exists with other parameters: {reason}")]
     AlreadyExists { kind: Kind, name: Name, reason: String },
+    #[error("invalid group snapshot: {0}")]
+    InvalidGroup(String),
+    #[error("group snapshot {name} already exists with other source volumes: {reason}")]
+    GroupExists { name: Name, reason: String },
+    #[error("snapshot {name} belongs to group snapshot {group} and is deleted with it, never alone: delete the group snapshot")]
+    GroupMember { name: Name, group: Name },
     #[error("not enough room in the pool: {0}")]
     ResourceExhausted(#[from] Refusal),
     #[error("{kind} {name} is in use (open or mounted); unmount it first")]

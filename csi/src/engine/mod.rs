@@ -1,5 +1,5 @@
-//! The volume lifecycle on one pool: create, delete, snapshot, restore, clone, expand, list, get,
-//! keyed by caller-chosen names and idempotent (the same name with the same parameters returns
+//! The volume lifecycle on one pool: create, delete, snapshot, group snapshot (`group`), restore,
+//! clone, expand, list, get, keyed by caller-chosen names and idempotent (the same name with the same parameters returns
 //! the existing object; with other parameters it is `AlreadyExists`). One writer at a time.
 //! Every pool change is a journaled transaction (`txn`), and start-up recovery runs in
 //! [`Engine::open`] before anything is served.
@@ -8,6 +8,7 @@ pub mod capacity;
 pub mod crash;
 pub mod deferred;
 pub mod error;
+pub mod group;
 pub mod recovery;
 mod txn;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 pub use capacity::{Capacity, Limits, PoolState};
 pub use error::{EngineError, Refusal};
+pub use group::{Group, MadeGroup};
 pub use txn::DeleteOutcome;
 
 use crate::dm::{PoolInfo, PoolStatus, ThinPool};
@@ -66,6 +68,9 @@ pub struct CheckReport {
     /// Records whose thin id is not in the pool.
     pub missing_thin_ids: Vec<ThinId>,
     pub open_intents: usize,
+    /// Group snapshots whose record and snapshots disagree (half made or half deleted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inconsistent_groups: Vec<String>,
 }
 
 impl CheckReport {
@@ -73,6 +78,7 @@ impl CheckReport {
         self.orphan_thin_ids.is_empty()
             && self.missing_thin_ids.is_empty()
             && self.open_intents == 0
+            && self.inconsistent_groups.is_empty()
             && self.store_transaction_id == Some(self.pool_transaction_id)
     }
 }
@@ -324,6 +330,7 @@ impl<P: ThinPool> Engine<P> {
                 requested_bytes: size_bytes,
                 source,
                 created_unix: created,
+                group: None,
             })?;
             Ok(Made::Created(record))
         })
@@ -358,6 +365,7 @@ impl<P: ThinPool> Engine<P> {
                 requested_bytes: origin.size_bytes,
                 source: wanted,
                 created_unix: created,
+                group: None,
             })?;
             Ok(Made::Created(record))
         })
@@ -372,6 +380,7 @@ impl<P: ThinPool> Engine<P> {
             self.recover_open_intents()?;
             match self.store.get(kind, &name)? {
                 None => Ok(DeleteOutcome::NotFound),
+                Some(Record { group: Some(group), .. }) => Err(EngineError::GroupMember { name, group }),
                 Some(record) => self.delete_record(kind, &record),
             }
         })
@@ -466,6 +475,7 @@ impl<P: ThinPool> Engine<P> {
                 .copied()
                 .collect(),
             open_intents: intents.len(),
+            inconsistent_groups: self.inconsistent_groups()?,
         })
     }
 
@@ -480,5 +490,7 @@ impl<P: ThinPool> Engine<P> {
     }
 }
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod tests;

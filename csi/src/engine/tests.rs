@@ -206,6 +206,7 @@ fn recovery_after_every_step() {
                             requested_bytes: GIB,
                             source: None,
                             created_unix: 0,
+                            group: None,
                         })
                         .unwrap()
                 }

@@ -64,8 +64,15 @@ pub enum ControllerError {
         #[source]
         source: kube::Error,
     },
-    #[error("labelling VolumeSnapshotContent {name} with its node: {source}")]
+    #[error("listing {kind}s: {source}")]
+    ListContents {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("labelling {kind} {name} with its node: {source}")]
     LabelContent {
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,

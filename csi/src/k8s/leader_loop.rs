@@ -46,7 +46,8 @@ pub struct LoopConfig {
     pub stale_after: i64,
     /// Do the expansion bookkeeping of claims (`expansion`), instead of an external-resizer.
     pub expand_claims: bool,
-    /// Label pre-provisioned VolumeSnapshotContents with their node (`snapshot_contents`).
+    /// Label pre-provisioned VolumeSnapshotContents and every VolumeGroupSnapshotContent of this
+    /// driver with their node (`snapshot_contents`).
     pub label_snapshot_contents: bool,
 }
 
@@ -124,13 +125,13 @@ async fn lead(
     if cfg.label_snapshot_contents {
         match label_pass(client, &r.nodes).await {
             Ok(labelled) => {
-                for (content, node) in labelled {
-                    tracing::info!(content = %content, node = %node, "pre-provisioned VolumeSnapshotContent labelled with its node");
+                for (kind, content, node) in labelled {
+                    tracing::info!(kind = ?kind, content = %content, node = %node, "snapshot content labelled with its node for its csi-snapshotter");
                 }
             }
             Err(e) => {
                 metrics.errors.inc();
-                tracing::warn!(error = %chain(&e), "labelling pre-provisioned snapshot contents failed");
+                tracing::warn!(error = %chain(&e), "labelling snapshot contents failed");
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The node's durable records in an embedded transactional store (redb) under the state
-//! directory: volumes, snapshots, records being deleted, ids in use, the open intent of a pool
+//! directory: volumes, snapshots, group snapshots, records being deleted, ids in use, the open intent of a pool
 //! change, the pool transaction id the records match, and the pool's identity.
 //! Each method is one store transaction.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-pub use records::{Intent, Kind, Op, Record, Source};
+pub use records::{GroupRecord, Intent, Kind, Op, Record, Source};
 
 use crate::names::Name;
 use crate::units::ThinId;
@@ -22,9 +22,13 @@ const INTENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("intents");
 const USED_IDS: TableDefinition<u32, ()> = TableDefinition::new("used_ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 
 const POOL_TID: &str = "pool_tid";
 const NEXT_ID: &str = "next_id";
+
+/// Builds a new record once its thin id is allocated.
+pub type MakeRecord = Box<dyn FnOnce(ThinId) -> Record>;
 
 fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match kind {
@@ -96,6 +100,7 @@ impl Store {
             txn.open_table(USED_IDS)?;
             txn.open_table(META)?;
             txn.open_table(POOL)?;
+            txn.open_table(GROUPS)?;
             Ok(())
         })?;
         Ok(store)
@@ -195,28 +200,14 @@ impl Store {
         origin: Option<ThinId>,
         make: impl FnOnce(ThinId) -> Record,
     ) -> Result<Intent, StoreError> {
-        self.write(|t| {
-            let mut meta = t.open_table(META)?;
-            let mut used = t.open_table(USED_IDS)?;
-            let cursor = meta.get(NEXT_ID)?.map_or(ids::FIRST_ID, |v| v.value() as u32);
-            let mut lookup_err = None;
-            let id = ids::allocate(cursor, |i| match used.get(i) {
-                Ok(v) => v.is_some(),
-                Err(e) => {
-                    lookup_err = Some(e);
-                    true
-                }
-            });
-            if let Some(e) = lookup_err {
-                return Err(TxnError::Db(e.into()));
-            }
-            let id = id.ok_or(TxnError::Store(StoreError::IdsExhausted))?;
-            used.insert(id.get(), ())?;
-            meta.insert(NEXT_ID, ids::next_cursor(id) as u64)?;
-            let intent = Intent { op: Op::Create, record: make(id), origin, tid };
-            t.open_table(INTENTS)?.insert(id.get(), ser(&intent)?.as_slice())?;
-            Ok(intent)
-        })
+        self.write(|t| begin_create_in(t, tid, origin, make))
+    }
+
+    /// Step 1 of a group snapshot: one intent per member (`(origin, record maker)`), all committing
+    /// as the same pool transaction `tid`, written in one transaction: recovery then finds either
+    /// every member's intent or none, and the decision table treats them alike.
+    pub fn begin_group_create(&self, tid: u64, members: Vec<(ThinId, MakeRecord)>) -> Result<Vec<Intent>, StoreError> {
+        self.write(|t| members.into_iter().map(|(origin, make)| begin_create_in(t, tid, Some(origin), make)).collect())
     }
 
     /// Moves a record to the deleting table: from here on its delete is carried to the end,
@@ -246,34 +237,62 @@ impl Store {
     /// Step 4: applies the record change, clears the intent and records the pool's new
     /// transaction id, in one transaction.
     pub fn commit(&self, intent: &Intent) -> Result<(), StoreError> {
-        let id = intent.record.thin_id.get();
-        self.write(|t| {
-            match intent.op {
-                Op::Create => {
-                    let r = &intent.record;
-                    t.open_table(table(r.kind))?.insert(r.name.as_str(), ser(r)?.as_slice())?;
-                }
-                Op::Delete => {
-                    t.open_table(DELETING)?.remove(id)?;
-                    t.open_table(USED_IDS)?.remove(id)?;
-                }
-            }
-            t.open_table(INTENTS)?.remove(id)?;
-            t.open_table(META)?.insert(POOL_TID, intent.tid)?;
-            Ok(())
-        })
+        self.write(|t| commit_in(t, intent))
+    }
+
+    /// Step 4 of a group snapshot: every member's record and the group's, in one transaction.
+    pub fn commit_all(&self, intents: &[Intent]) -> Result<(), StoreError> {
+        self.write(|t| intents.iter().try_for_each(|i| commit_in(t, i)))
+    }
+
+    /// Drops the intents of a group snapshot that did not happen (or was undone), in one
+    /// transaction.
+    pub fn abort_all(&self, intents: &[Intent]) -> Result<(), StoreError> {
+        self.write(|t| intents.iter().try_for_each(|i| abort_in(t, i)))
     }
 
     /// Drops an intent whose pool change did not happen (or was undone). A create's id is freed;
     /// a delete's record stays in the deleting table for a later try.
     pub fn abort(&self, intent: &Intent) -> Result<(), StoreError> {
-        let id = intent.record.thin_id.get();
-        self.write(|t| {
-            t.open_table(INTENTS)?.remove(id)?;
-            if intent.op == Op::Create {
-                t.open_table(USED_IDS)?.remove(id)?;
+        self.write(|t| abort_in(t, intent))
+    }
+
+    pub fn group(&self, name: &Name) -> Result<Option<GroupRecord>, StoreError> {
+        self.read(|t| match t.open_table(GROUPS)?.get(name.as_str())? {
+            Some(v) => Ok(Some(de(v.value())?)),
+            None => Ok(None),
+        })
+    }
+
+    pub fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.read(|t| {
+            let mut out = Vec::new();
+            for entry in t.open_table(GROUPS)?.iter()? {
+                out.push(de(entry?.1.value())?);
             }
-            Ok(())
+            Ok(out)
+        })
+    }
+
+    /// Deletes a group snapshot's record and moves all its snapshots to the deleting table, in one
+    /// transaction: from here on each member's delete is carried to the end (now, or while one is
+    /// busy, later), and no half of the group is left to be used. Returns the members moved.
+    pub fn mark_group_deleting(&self, name: &Name) -> Result<Vec<Record>, StoreError> {
+        self.write(|t| {
+            let removed = t.open_table(GROUPS)?.remove(name.as_str())?.map(|v| de::<GroupRecord>(v.value()));
+            let Some(group) = removed.transpose()? else { return Ok(vec![]) };
+            let mut snapshots = t.open_table(SNAPSHOTS)?;
+            let mut deleting = t.open_table(DELETING)?;
+            let mut moved = Vec::new();
+            for member in &group.members {
+                let Some(record) = snapshots.remove(member.as_str())?.map(|v| de::<Record>(v.value())).transpose()?
+                else {
+                    continue;
+                };
+                deleting.insert(record.thin_id.get(), ser(&record)?.as_slice())?;
+                moved.push(record);
+            }
+            Ok(moved)
         })
     }
 
@@ -291,6 +310,74 @@ impl Store {
             Ok(record)
         })
     }
+}
+
+fn begin_create_in(
+    t: &redb::WriteTransaction,
+    tid: u64,
+    origin: Option<ThinId>,
+    make: impl FnOnce(ThinId) -> Record,
+) -> Result<Intent, TxnError> {
+    let mut meta = t.open_table(META)?;
+    let mut used = t.open_table(USED_IDS)?;
+    let cursor = meta.get(NEXT_ID)?.map_or(ids::FIRST_ID, |v| v.value() as u32);
+    let mut lookup_err = None;
+    let id = ids::allocate(cursor, |i| match used.get(i) {
+        Ok(v) => v.is_some(),
+        Err(e) => {
+            lookup_err = Some(e);
+            true
+        }
+    });
+    if let Some(e) = lookup_err {
+        return Err(TxnError::Db(e.into()));
+    }
+    let id = id.ok_or(TxnError::Store(StoreError::IdsExhausted))?;
+    used.insert(id.get(), ())?;
+    meta.insert(NEXT_ID, ids::next_cursor(id) as u64)?;
+    let intent = Intent { op: Op::Create, record: make(id), origin, tid };
+    t.open_table(INTENTS)?.insert(id.get(), ser(&intent)?.as_slice())?;
+    Ok(intent)
+}
+
+fn commit_in(t: &redb::WriteTransaction, intent: &Intent) -> Result<(), TxnError> {
+    let id = intent.record.thin_id.get();
+    match intent.op {
+        Op::Create => {
+            let r = &intent.record;
+            t.open_table(table(r.kind))?.insert(r.name.as_str(), ser(r)?.as_slice())?;
+            if let Some(group) = &r.group {
+                // The group's record gains this member (made with the first one committed).
+                let mut groups = t.open_table(GROUPS)?;
+                let current = groups.get(group.as_str())?.map(|v| de::<GroupRecord>(v.value())).transpose()?;
+                let mut g = current.unwrap_or_else(|| GroupRecord {
+                    name: group.clone(),
+                    members: vec![],
+                    created_unix: r.created_unix,
+                });
+                if let Err(at) = g.members.binary_search(&r.name) {
+                    g.members.insert(at, r.name.clone());
+                }
+                groups.insert(group.as_str(), ser(&g)?.as_slice())?;
+            }
+        }
+        Op::Delete => {
+            t.open_table(DELETING)?.remove(id)?;
+            t.open_table(USED_IDS)?.remove(id)?;
+        }
+    }
+    t.open_table(INTENTS)?.remove(id)?;
+    t.open_table(META)?.insert(POOL_TID, intent.tid)?;
+    Ok(())
+}
+
+fn abort_in(t: &redb::WriteTransaction, intent: &Intent) -> Result<(), TxnError> {
+    let id = intent.record.thin_id.get();
+    t.open_table(INTENTS)?.remove(id)?;
+    if intent.op == Op::Create {
+        t.open_table(USED_IDS)?.remove(id)?;
+    }
+    Ok(())
 }
 
 /// Errors inside a transaction closure.

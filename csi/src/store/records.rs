@@ -1,4 +1,5 @@
-//! What the store keeps: one record per volume or snapshot, and the open intent of a pool change.
+//! What the store keeps: one record per volume or snapshot, one per group snapshot, and the open
+//! intent of a pool change.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,18 @@ pub struct Record {
     /// The size asked for at creation: with `source`, what makes a repeated create "the same".
     pub requested_bytes: u64,
     pub source: Option<Source>,
+    pub created_unix: u64,
+    /// The group snapshot this snapshot was taken in: it is deleted with its group, never alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Name>,
+}
+
+/// A group snapshot: snapshots of several volumes taken at one instant, made and deleted whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: Name,
+    /// Its snapshots, by name, sorted.
+    pub members: Vec<Name>,
     pub created_unix: u64,
 }
 

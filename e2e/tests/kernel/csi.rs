@@ -256,7 +256,7 @@ pub(crate) fn rt() -> Result<tokio::runtime::Runtime> {
 pub(crate) fn mount_cap(fs: &str) -> proto::VolumeCapability {
     proto::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), mount_flags: vec![] })),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
     }
 }
 

@@ -8,6 +8,7 @@ mod crash;
 mod csi;
 mod fixture;
 mod full;
+mod group;
 mod grow;
 mod isolation;
 mod lifecycle;
@@ -32,6 +33,9 @@ const TESTS: &[Test] = &[
     ("loop_not_a_thin_pool", lifecycle::loop_not_a_thin_pool),
     ("loop_churn_200", lifecycle::loop_churn_200),
     ("loop_crash_at_every_point", crash::loop_crash_at_every_point),
+    ("loop_group_crash_at_every_point", crash::loop_group_crash_at_every_point),
+    ("group_snapshot_holds_one_instant", group::group_snapshot_holds_one_instant),
+    ("group_snapshot_hold_times", group::group_snapshot_hold_times),
     ("loop_data_isolation", isolation::loop_data_isolation),
     ("loop_unzeroed_pool_leaks_control", isolation::loop_unzeroed_pool_leaks_control),
     ("lvm_setup_refuses_signatures", lvm::lvm_setup_refuses_signatures),

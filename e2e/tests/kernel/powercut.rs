@@ -591,6 +591,7 @@ async fn run(lvm: &Engine<thinpool_csi::dm::kernel::KernelPool>, c: &mut Clients
                 staging_target_path: path.clone(),
                 capacity_range: Some(proto::CapacityRange { required_bytes: size(3) as i64, limit_bytes: 0 }),
                 volume_capability: Some(mount_cap(&fs)),
+                ..Default::default()
             })
             .await?;
             c.1.node_unstage_volume(proto::NodeUnstageVolumeRequest {
