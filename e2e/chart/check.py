@@ -111,9 +111,12 @@ class Checker:
                         continue
                     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
                     kinds = {d["kind"] for d in docs}
-                    for k in ("VolumeSnapshotClass", "VolumeGroupSnapshotClass"):
-                        if (k in kinds) != snapshots:
-                            fail(f"{label}: {k} rendered={k in kinds}")
+                    vals = yaml.safe_load(open(values)) if values else {}
+                    snapshotter = ((vals.get("sidecars") or {}).get("snapshotter") or {}).get("enabled", True)
+                    groups = (vals.get("snapshots") or {}).get("groupSnapshots", True) and snapshotter
+                    for k, wanted in (("VolumeSnapshotClass", snapshots), ("VolumeGroupSnapshotClass", snapshots and groups)):
+                        if (k in kinds) != wanted:
+                            fail(f"{label}: {k} rendered={k in kinds}, expected {wanted}")
                     self.validate_docs(out.stdout, kube, label)
                     self.check_structure(docs, label)
                     if kube == self.kube_versions[0] and snapshots:
