@@ -351,8 +351,8 @@ pub fn csi_identity_and_probe() -> Result {
                 .into_inner()
                 .capabilities
                 .len()
-                == 3,
-            "plugin caps",
+                == 4,
+            "plugin caps: controller, group controller, topology, online expansion",
         )?;
         ensure(
             !ctl.controller_get_capabilities(proto::ControllerGetCapabilitiesRequest {})
