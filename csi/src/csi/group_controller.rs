@@ -144,12 +144,10 @@ impl<P: ThinPool + 'static, M: Mounter + 'static> GroupController for Arc<GroupC
             let made = self
                 .driver
                 .blocking(move |d| {
-                    let names =
-                        sources.iter().map(|o| Ok(d.must_resolve(Kind::Volume, o)?.to_string())).collect::<Result<
-                            Vec<_>,
-                            CsiError,
-                        >>(
-                        )?;
+                    let mut names = Vec::with_capacity(sources.len());
+                    for o in &sources {
+                        names.push(d.must_resolve(Kind::Volume, o)?.to_string());
+                    }
                     Ok(d.engine.create_group_snapshot(name.as_str(), &names)?)
                 })
                 .await?;

@@ -234,12 +234,16 @@ impl<P: ThinPool> Engine<P> {
     }
 
     fn group_locked(&self, name: &Name) -> Result<Option<Group>, EngineError> {
-        let Some(record) = self.store.group(name)? else { return Ok(None) };
+        self.store.group(name)?.map(|record| self.with_members(record)).transpose()
+    }
+
+    /// A group record with its members' records.
+    fn with_members(&self, record: GroupRecord) -> Result<Group, EngineError> {
         let mut members = Vec::new();
         for m in &record.members {
             members.extend(self.store.get(Kind::Snapshot, m)?);
         }
-        Ok(Some(Group { record, members }))
+        Ok(Group { record, members })
     }
 
     pub fn get_group(&self, name: &str) -> Result<Option<Group>, EngineError> {
@@ -248,13 +252,7 @@ impl<P: ThinPool> Engine<P> {
 
     /// Every group snapshot, by name.
     pub fn list_groups(&self) -> Result<Vec<Group>, EngineError> {
-        let mut out = Vec::new();
-        for record in self.store.groups()? {
-            if let Some(g) = self.group_locked(&record.name)? {
-                out.push(g);
-            }
-        }
-        Ok(out)
+        self.store.groups()?.into_iter().map(|record| self.with_members(record)).collect()
     }
 
     /// Deletes group snapshot `name` and all its snapshots: the group's record goes and every
@@ -265,11 +263,9 @@ impl<P: ThinPool> Engine<P> {
             let name = Name::new(name)?;
             let _w = self.lock();
             self.recover_open_intents()?;
-            if self.store.group(&name)?.is_none() {
-                return Ok(DeleteOutcome::NotFound);
-            }
+            let Some(members) = self.store.mark_group_deleting(&name)? else { return Ok(DeleteOutcome::NotFound) };
             let mut outcome = DeleteOutcome::Deleted;
-            for record in self.store.mark_group_deleting(&name)? {
+            for record in members {
                 if self.finish_delete(record)? == DeleteOutcome::Deferred {
                     outcome = DeleteOutcome::Deferred;
                 }

@@ -276,11 +276,12 @@ impl Store {
 
     /// Deletes a group snapshot's record and moves all its snapshots to the deleting table, in one
     /// transaction: from here on each member's delete is carried to the end (now, or while one is
-    /// busy, later), and no half of the group is left to be used. Returns the members moved.
-    pub fn mark_group_deleting(&self, name: &Name) -> Result<Vec<Record>, StoreError> {
+    /// busy, later), and no half of the group is left to be used. Returns the members moved, or
+    /// `None` when there is no such group.
+    pub fn mark_group_deleting(&self, name: &Name) -> Result<Option<Vec<Record>>, StoreError> {
         self.write(|t| {
             let removed = t.open_table(GROUPS)?.remove(name.as_str())?.map(|v| de::<GroupRecord>(v.value()));
-            let Some(group) = removed.transpose()? else { return Ok(vec![]) };
+            let Some(group) = removed.transpose()? else { return Ok(None) };
             let mut snapshots = t.open_table(SNAPSHOTS)?;
             let mut deleting = t.open_table(DELETING)?;
             let mut moved = Vec::new();
@@ -292,7 +293,7 @@ impl Store {
                 deleting.insert(record.thin_id.get(), ser(&record)?.as_slice())?;
                 moved.push(record);
             }
-            Ok(moved)
+            Ok(Some(moved))
         })
     }
 

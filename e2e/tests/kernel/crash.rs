@@ -47,6 +47,19 @@ pub fn child_main() -> ExitCode {
     }
 }
 
+/// Runs `op` in a child process that must be killed at its crash point `point`.
+fn crash_child(op: &str, point: &str) -> Result {
+    let status = Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, op)
+        .env("THINPOOL_E2E_CRASH_POINT", point)
+        .env("THINPOOL_CSI_CRASH_AT", format!("{op}:{point}"))
+        .status()?;
+    if status.signal() != Some(nix::libc::SIGABRT) {
+        return Err(format!("{op}:{point}: the child was not killed at its crash point ({status})").into());
+    }
+    Ok(())
+}
+
 pub fn loop_crash_at_every_point() -> Result {
     let f = fixture();
     {
@@ -58,14 +71,7 @@ pub fn loop_crash_at_every_point() -> Result {
     }
     for op in ["create", "snapshot", "delete"] {
         for point in POINTS {
-            let status = Command::new(std::env::current_exe()?)
-                .env(CHILD_ENV, op)
-                .env("THINPOOL_E2E_CRASH_POINT", point)
-                .env("THINPOOL_CSI_CRASH_AT", format!("{op}:{point}"))
-                .status()?;
-            if status.signal() != Some(nix::libc::SIGABRT) {
-                return Err(format!("{op}:{point}: the child was not killed at its crash point ({status})").into());
-            }
+            crash_child(op, point)?;
             let (e, report) = thinpool_csi::open::open_engine(&f.config)?;
             let check = report.check.clone().ok_or("start-up did not sweep the pool")?;
             if report.recovered_intents != 1 || !check.is_clean() {
@@ -120,14 +126,7 @@ pub fn loop_group_crash_at_every_point() -> Result {
         }
     }
     for point in GROUP_POINTS {
-        let status = Command::new(std::env::current_exe()?)
-            .env(CHILD_ENV, "group")
-            .env("THINPOOL_E2E_CRASH_POINT", point)
-            .env("THINPOOL_CSI_CRASH_AT", format!("group:{point}"))
-            .status()?;
-        if status.signal() != Some(nix::libc::SIGABRT) {
-            return Err(format!("group:{point}: the child was not killed at its crash point ({status})").into());
-        }
+        crash_child("group", point)?;
         let (e, report) = thinpool_csi::open::open_engine(&f.config)?;
         let check = report.check.clone().ok_or("start-up did not sweep the pool")?;
         if report.recovered_intents != 3 || !check.is_clean() {
