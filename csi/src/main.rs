@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use thinpool_csi::app::controller::{run_controller, ControllerArgs};
 use thinpool_csi::app::node::{run_node, NodeArgs};
-use thinpool_csi::cli::{self, OutputFormat, PoolCommand, SnapshotsCommand, VolumesCommand};
+use thinpool_csi::cli::{self, Operator, OutputFormat};
 
 #[derive(Parser, Debug)]
 #[command(name = "thinpool-csi", version, about = "Node-local thin-provisioned volumes on a device-mapper thin pool")]
@@ -18,27 +18,14 @@ struct Cli {
     command: Command,
 }
 
-const POOL_FLAGS_HELP: &str =
-    "Each of these commands takes the pool flags (--state-dir, --pool loop|direct-lvm|device, \
---lvm-pool VG/LV, --device, --pool-name, --loop-dir, --loop-data-size, --overprovision-ratio, --data-fill-limit, \
---metadata-fill-limit, ...; also as THINPOOL_CSI_* environment variables) and --output json: see \
-`thinpool-csi pool status --help`.";
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the CSI Identity, Controller and Node services for this node's pool.
     Node(NodeArgs),
     /// Keep CSIStorageCapacity objects true for every (StorageClass, ThinPool); leader-elected.
     Controller(ControllerArgs),
-    /// The node's thin pool.
-    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
-    Pool(PoolCommand),
-    /// Volumes in the pool.
-    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
-    Volumes(VolumesCommand),
-    /// Snapshots in the pool.
-    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
-    Snapshots(SnapshotsCommand),
+    #[command(flatten)]
+    Operator(Operator),
     /// Print the ThinPool CustomResourceDefinition as YAML.
     Crdgen,
 }
@@ -47,13 +34,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args, cli.output),
         Command::Controller(args) => run_controller(args, cli.output),
-        Command::Pool(c) => Ok(cli::pool(c, cli.output)?),
-        Command::Volumes(c) => Ok(cli::volumes(c, cli.output)?),
-        Command::Snapshots(c) => Ok(cli::snapshots(c, cli.output)?),
+        Command::Operator(op) => operator(op, cli.output),
         Command::Crdgen => {
             print!("{}", thinpool_csi::k8s::crd::crd_yaml()?);
             Ok(())
         }
+    }
+}
+
+/// An operator command: run here, or, when the node plugin holds the records, in the plugin.
+fn operator(op: Operator, output: OutputFormat) -> anyhow::Result<()> {
+    let mut out = String::new();
+    let outcome = cli::run(op, output, &cli::Local, &mut out);
+    print!("{out}");
+    match outcome {
+        Err(e) if e.locked_store().is_some() => {
+            let state_dir = e.locked_store().and_then(std::path::Path::parent).unwrap_or(std::path::Path::new("/"));
+            let reply = cli::remote::forward(&cli::remote::endpoint(), std::env::args().skip(1).collect(), state_dir)?;
+            print!("{}", reply.output);
+            if reply.exit_code == 0 {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(reply.error))
+            }
+        }
+        other => Ok(other?),
     }
 }
 

@@ -28,8 +28,14 @@ pub fn open_node_engine(cfg: &NodeConfig) -> Result<(Engine<KernelPool>, Startup
     open(cfg, true)
 }
 
+/// Records that exist are opened before the pool, so that a process finding them held by another
+/// (the running plugin) stops before it touches the pool; new records only after the pool opened.
 fn open(cfg: &NodeConfig, grow: bool) -> Result<(Engine<KernelPool>, StartupReport), EngineError> {
+    let existing = Store::exists(&cfg.state_dir).then(|| Store::open(&cfg.state_dir)).transpose()?;
     let pool = open_pool(&cfg.pool, grow)?;
-    let store = Store::open(&cfg.state_dir)?;
+    let store = match existing {
+        Some(store) => store,
+        None => Store::open(&cfg.state_dir)?,
+    };
     Engine::open(pool, store, cfg.limits)
 }

@@ -276,7 +276,7 @@ pub fn run_node(args: NodeArgs, output: OutputFormat) -> anyhow::Result<()> {
                 }
             });
         }
-        let served = serve(driver, listener, stopped()).await;
+        let served = serve(driver, config.state_dir.clone(), listener, stopped()).await;
         if let Some(task) = registration {
             // Removes the registration socket, so the kubelet unregisters the driver.
             match task.await {

@@ -1,14 +1,20 @@
 //! The operator CLI, usable on a node without Kubernetes: `pool status|check|setup`,
 //! `volumes list|create|delete|expand|snapshot|activate|deactivate`, `snapshots list|delete`.
-//! Tables for people, `--output json` for scripts.
+//! Tables for people, `--output json` for scripts. A command is the same code whether this
+//! process opens the pool ([`Local`]) or the running node plugin runs it on its own engine
+//! ([`remote`]: the plugin holds the records while it runs, so a command on its node goes to it).
 
+pub mod remote;
 mod table;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::config::PoolArgs;
-use crate::dm::lvm;
+use crate::dm::{lvm, ThinPool};
 use crate::engine::{Engine, EngineError, PoolReport};
 use crate::store::{Kind, Record, Source};
 use crate::units::{human_bytes, parse_size};
@@ -18,6 +24,40 @@ use table::Table;
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+const POOL_FLAGS_HELP: &str =
+    "Each of these commands takes the pool flags (--state-dir, --pool loop|direct-lvm|device, \
+--lvm-pool VG/LV, --device, --pool-name, --loop-dir, --loop-data-size, --overprovision-ratio, --data-fill-limit, \
+--metadata-fill-limit, ...; also as THINPOOL_CSI_* environment variables) and --output json: see \
+`thinpool-csi pool status --help`. While the node plugin runs, it holds the records: the command then \
+runs in the plugin, on its own pool, reached at $CSI_ENDPOINT (default unix:///csi/csi.sock, as in \
+its container).";
+
+/// The operator commands.
+#[derive(Subcommand, Debug)]
+pub enum Operator {
+    /// The node's thin pool.
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
+    Pool(PoolCommand),
+    /// Volumes in the pool.
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
+    Volumes(VolumesCommand),
+    /// Snapshots in the pool.
+    #[command(subcommand, after_help = POOL_FLAGS_HELP)]
+    Snapshots(SnapshotsCommand),
+}
+
+impl Operator {
+    /// Whether the command may change the pool (the plugin then refreshes its ThinPool).
+    pub fn changes_pool(&self) -> bool {
+        !matches!(
+            self,
+            Operator::Pool(PoolCommand::Status(_) | PoolCommand::Check(_))
+                | Operator::Volumes(VolumesCommand::List(_))
+                | Operator::Snapshots(SnapshotsCommand::List(_))
+        )
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,11 +186,23 @@ pub enum CliError {
          (check --state-dir and the pool flags); nothing was created"
     )]
     NoState(std::path::PathBuf),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CliError {
+    /// The state store another process holds (the node plugin, while it runs).
+    pub fn locked_store(&self) -> Option<&std::path::Path> {
+        match self {
+            CliError::Engine(EngineError::Store(crate::store::StoreError::Locked { path })) => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// What a command may do to the node.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub enum Access {
     /// Only looks: on a node without records it creates nothing (no state directory, no loop
     /// files, no adoption) and says so.
     Read,
@@ -158,21 +210,56 @@ enum Access {
     Write,
 }
 
-fn engine(args: &PoolArgs, access: Access) -> Result<Engine<crate::dm::kernel::KernelPool>, CliError> {
-    let cfg = args.validate()?;
-    if access == Access::Read && !crate::store::Store::exists(&cfg.state_dir) {
-        return Err(CliError::NoState(cfg.state_dir));
-    }
-    let (engine, _report) = crate::open::open_engine(&cfg)?;
-    Ok(engine)
+/// Where a command finds the pool's engine.
+pub trait Open {
+    type Pool: ThinPool;
+    fn engine(&self, args: &PoolArgs, access: Access) -> Result<Arc<Engine<Self::Pool>>, CliError>;
+    /// Whether `pool setup` (which builds a pool, never opens one) may run here.
+    fn may_set_up(&self) -> bool;
 }
 
-fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> String) -> Result<(), CliError> {
+/// This process opens the pool and the records itself (no plugin running on them).
+pub struct Local;
+
+impl Open for Local {
+    type Pool = crate::dm::kernel::KernelPool;
+
+    fn engine(&self, args: &PoolArgs, access: Access) -> Result<Arc<Engine<Self::Pool>>, CliError> {
+        let cfg = args.validate()?;
+        if access == Access::Read && !crate::store::Store::exists(&cfg.state_dir) {
+            return Err(CliError::NoState(cfg.state_dir));
+        }
+        let (engine, _report) = crate::open::open_engine(&cfg)?;
+        Ok(Arc::new(engine))
+    }
+
+    fn may_set_up(&self) -> bool {
+        true
+    }
+}
+
+fn print<T: Serialize>(
+    format: OutputFormat,
+    w: &mut String,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<(), CliError> {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        OutputFormat::Table => print!("{}", table()),
+        OutputFormat::Json => {
+            let _ = writeln!(w, "{}", serde_json::to_string_pretty(value)?);
+        }
+        OutputFormat::Table => w.push_str(&table()),
     }
     Ok(())
+}
+
+/// Runs one operator command on the engine `open` gives, its output appended to `w`.
+pub fn run<O: Open>(cmd: Operator, out: OutputFormat, open: &O, w: &mut String) -> Result<(), CliError> {
+    match cmd {
+        Operator::Pool(c) => pool(c, out, open, w),
+        Operator::Volumes(c) => volumes(c, out, open, w),
+        Operator::Snapshots(c) => snapshots(c, out, open, w),
+    }
 }
 
 fn created(unix: u64) -> String {
@@ -249,15 +336,15 @@ fn pool_table(r: &PoolReport) -> String {
     t.render()
 }
 
-pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
+fn pool<O: Open>(cmd: PoolCommand, out: OutputFormat, open: &O, w: &mut String) -> Result<(), CliError> {
     match cmd {
         PoolCommand::Status(args) => {
-            let report = engine(&args, Access::Read)?.report()?;
-            print(out, &report, || pool_table(&report))
+            let report = open.engine(&args, Access::Read)?.report()?;
+            print(out, w, &report, || pool_table(&report))
         }
         PoolCommand::Check(args) => {
-            let check = engine(&args, Access::Read)?.check()?;
-            print(out, &check, || {
+            let check = open.engine(&args, Access::Read)?.check()?;
+            print(out, w, &check, || {
                 format!(
                     "pool transaction id: {}\nrecords' transaction id: {}\norphan thin ids (in the pool, no record): {:?}\nmissing thin ids (recorded, not in the pool): {:?}\nopen intents: {}\ngroup snapshots half made or half deleted: {:?}\nverdict: {}\n",
                     check.pool_transaction_id,
@@ -275,9 +362,12 @@ pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
                 Err(CliError::CheckFailed)
             }
         }
+        PoolCommand::Setup(_) if !open.may_set_up() => {
+            Err(CliError::Refused("pool setup builds a pool on the node itself; it never runs in the plugin".into()))
+        }
         PoolCommand::Setup(a) => {
             let report = lvm::setup(&a.device, &a.vg, &a.lv, a.force)?;
-            print(out, &report, || {
+            print(out, w, &report, || {
                 format!(
                     "built thin pool {vg}/{lv} on {dev}: data 95% of the VG, metadata {meta}, chunk {chunk}, zeroing on\n\
                      use it with: thinpool-csi --pool direct-lvm --lvm-pool {vg}/{lv} ...\n",
@@ -292,11 +382,11 @@ pub fn pool(cmd: PoolCommand, out: OutputFormat) -> Result<(), CliError> {
     }
 }
 
-pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
+fn volumes<O: Open>(cmd: VolumesCommand, out: OutputFormat, open: &O, w: &mut String) -> Result<(), CliError> {
     match cmd {
         VolumesCommand::List(args) => {
-            let list = engine(&args, Access::Read)?.list(Kind::Volume)?;
-            print(out, &list, || records_table(&list))
+            let list = open.engine(&args, Access::Read)?.list(Kind::Volume)?;
+            print(out, w, &list, || records_table(&list))
         }
         VolumesCommand::Create { name, size, from_snapshot, from_volume, pool } => {
             let size = parse_size(&size)?;
@@ -305,50 +395,50 @@ pub fn volumes(cmd: VolumesCommand, out: OutputFormat) -> Result<(), CliError> {
                 (None, Some(v)) => Some(Source::Volume(crate::names::Name::new(&v).map_err(EngineError::from)?)),
                 (None, None) => None,
             };
-            let made = engine(&pool, Access::Write)?.create_volume(&name, size, source)?;
-            print(out, &made, || {
+            let made = open.engine(&pool, Access::Write)?.create_volume(&name, size, source)?;
+            print(out, w, &made, || {
                 let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
                 format!("volume {name} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
             })
         }
         VolumesCommand::Delete { name, pool } => {
-            let outcome = engine(&pool, Access::Write)?.delete(Kind::Volume, &name)?;
-            print(out, &outcome, || format!("volume {name}: {outcome:?}\n").to_lowercase())
+            let outcome = open.engine(&pool, Access::Write)?.delete(Kind::Volume, &name)?;
+            print(out, w, &outcome, || format!("volume {name}: {outcome:?}\n").to_lowercase())
         }
         VolumesCommand::Expand { name, size, pool } => {
             let size = parse_size(&size)?;
-            let r = engine(&pool, Access::Write)?.expand_volume(&name, size)?;
-            print(out, &r, || format!("volume {name} is now {}\n", human_bytes(r.size_bytes)))
+            let r = open.engine(&pool, Access::Write)?.expand_volume(&name, size)?;
+            print(out, w, &r, || format!("volume {name} is now {}\n", human_bytes(r.size_bytes)))
         }
         VolumesCommand::Snapshot { name, volume, pool } => {
-            let made = engine(&pool, Access::Write)?.create_snapshot(&name, &volume)?;
-            print(out, &made, || {
+            let made = open.engine(&pool, Access::Write)?.create_snapshot(&name, &volume)?;
+            print(out, w, &made, || {
                 let verb = if matches!(made, crate::engine::Made::Created(_)) { "created" } else { "exists" };
                 format!("snapshot {name} of {volume} {verb}\n{}", records_table(std::slice::from_ref(made.record())))
             })
         }
         VolumesCommand::Activate { name, snapshot, pool } => {
             let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
-            let path = engine(&pool, Access::Write)?.activate(kind, &name)?;
-            print(out, &path, || format!("{}\n", path.display()))
+            let path = open.engine(&pool, Access::Write)?.activate(kind, &name)?;
+            print(out, w, &path, || format!("{}\n", path.display()))
         }
         VolumesCommand::Deactivate { name, snapshot, pool } => {
             let kind = if snapshot { Kind::Snapshot } else { Kind::Volume };
-            engine(&pool, Access::Write)?.deactivate(kind, &name)?;
-            print(out, &"deactivated", || format!("{kind} {name} deactivated\n"))
+            open.engine(&pool, Access::Write)?.deactivate(kind, &name)?;
+            print(out, w, &"deactivated", || format!("{kind} {name} deactivated\n"))
         }
     }
 }
 
-pub fn snapshots(cmd: SnapshotsCommand, out: OutputFormat) -> Result<(), CliError> {
+fn snapshots<O: Open>(cmd: SnapshotsCommand, out: OutputFormat, open: &O, w: &mut String) -> Result<(), CliError> {
     match cmd {
         SnapshotsCommand::List(args) => {
-            let list = engine(&args, Access::Read)?.list(Kind::Snapshot)?;
-            print(out, &list, || snapshots_table(&list))
+            let list = open.engine(&args, Access::Read)?.list(Kind::Snapshot)?;
+            print(out, w, &list, || snapshots_table(&list))
         }
         SnapshotsCommand::Delete { name, pool } => {
-            let outcome = engine(&pool, Access::Write)?.delete(Kind::Snapshot, &name)?;
-            print(out, &outcome, || format!("snapshot {name}: {outcome:?}\n").to_lowercase())
+            let outcome = open.engine(&pool, Access::Write)?.delete(Kind::Snapshot, &name)?;
+            print(out, w, &outcome, || format!("snapshot {name}: {outcome:?}\n").to_lowercase())
         }
     }
 }
@@ -378,12 +468,14 @@ mod tests {
         let (s, l) = (state.to_str().unwrap(), loops.to_str().unwrap());
         for kind in [["--pool", "loop", "--loop-dir", l], ["--pool", "device", "--device", "/dev/does-not-exist"]] {
             let flags = [&["--state-dir", s][..], &kind[..]].concat();
-            let err = pool(PoolCommand::Status(args(&flags)), OutputFormat::Table).unwrap_err();
+            let mut w = String::new();
+            let err = pool(PoolCommand::Status(args(&flags)), OutputFormat::Table, &Local, &mut w).unwrap_err();
             assert!(matches!(err, CliError::NoState(_)), "{err}");
             assert!(err.to_string().contains("nothing was created"), "{err}");
-            assert!(volumes(VolumesCommand::List(args(&flags)), OutputFormat::Json).is_err());
-            assert!(snapshots(SnapshotsCommand::List(args(&flags)), OutputFormat::Json).is_err());
-            assert!(pool(PoolCommand::Check(args(&flags)), OutputFormat::Json).is_err());
+            assert!(volumes(VolumesCommand::List(args(&flags)), OutputFormat::Json, &Local, &mut w).is_err());
+            assert!(snapshots(SnapshotsCommand::List(args(&flags)), OutputFormat::Json, &Local, &mut w).is_err());
+            assert!(pool(PoolCommand::Check(args(&flags)), OutputFormat::Json, &Local, &mut w).is_err());
+            assert!(w.is_empty(), "{w}");
             assert!(!state.exists(), "{kind:?} created {}", state.display());
             assert!(!loops.exists(), "{kind:?} created {}", loops.display());
         }
@@ -415,7 +507,7 @@ mod tests {
         let state = dir.path().join("state");
         let flags = ["--state-dir", state.to_str().unwrap(), "--pool", "device", "--device", "/dev/does-not-exist"];
         let cmd = VolumesCommand::Delete { name: "v".into(), pool: args(&flags) };
-        assert!(volumes(cmd, OutputFormat::Table).is_err());
+        assert!(volumes(cmd, OutputFormat::Table, &Local, &mut String::new()).is_err());
         assert!(!state.exists());
     }
 }

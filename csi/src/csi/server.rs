@@ -1,4 +1,4 @@
-//! The CSI services on one unix socket. A stale socket is removed only when it is a socket;
+//! The CSI services, and the operator commands run in the plugin, on one unix socket. A stale socket is removed only when it is a socket;
 //! the new one is private (0600). The node process (`app::node`) binds it only after start-up
 //! recovery, so nothing is served from a pool that has not been checked.
 
@@ -18,6 +18,7 @@ use super::proto::{
     identity_server::IdentityServer, node_server::NodeServer,
 };
 use super::Driver;
+use crate::cli::remote::{proto::admin_server::AdminServer, AdminService};
 use crate::dm::ThinPool;
 use crate::mount::Mounter;
 
@@ -68,13 +69,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves the CSI services on `listener` until `shutdown` completes.
+/// Serves the CSI services on `listener` until `shutdown` completes, and beside them the operator
+/// commands (`cli::remote`) on the records in `state_dir`.
 pub async fn serve<P: ThinPool + 'static, M: Mounter + 'static>(
     driver: Arc<Driver<P, M>>,
+    state_dir: PathBuf,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let admin = AdminService { engine: driver.engine.clone(), state_dir, changed: driver.changed.clone() };
     tonic::transport::Server::builder()
+        .add_service(AdminServer::new(admin))
         .add_service(IdentityServer::new(IdentityService { driver: driver.clone() }))
         .add_service(ControllerServer::new(Arc::new(ControllerService { driver: driver.clone() })))
         .add_service(GroupControllerServer::new(Arc::new(GroupControllerService { driver: driver.clone() })))

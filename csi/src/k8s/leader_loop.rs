@@ -187,7 +187,8 @@ async fn while_leading<T>(leading: &Leading, work: impl std::future::Future<Outp
     }
 }
 
-/// Takes or renews the Lease every [`RETRY`] (at once when it is released), and publishes until
+/// Takes or renews the Lease every [`RETRY`] (at once when it is released or its holder's term
+/// ends), and publishes until
 /// when this replica leads; rings `elected` when it starts leading.
 async fn keep_lease(
     keeper: &LeaseKeeper,
@@ -199,17 +200,18 @@ async fn keep_lease(
 ) {
     loop {
         let start = Instant::now();
-        let held = match keeper.tick().await {
-            Ok(held) => {
+        let look = match keeper.look().await {
+            Ok(look) => {
                 healthy.store(true, Ordering::Relaxed);
-                held
+                look
             }
             Err(e) => {
                 healthy.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "renewing the Lease failed");
-                false
+                super::lease::Look { held: false, until: None }
             }
         };
+        let held = look.held;
         if held {
             let was = valid(*leading.borrow());
             // A renewal that took past its own deadline proves nothing: leave the old one to run out.
@@ -226,9 +228,10 @@ async fn keep_lease(
             tracing::info!(identity = %keeper.identity, "no longer leading");
         }
         metrics.leader.set(i64::from(valid(*leading.borrow())));
+        let wait = super::lease::next_look(k8s_openapi::jiff::Timestamp::now(), look.until, RETRY);
         tokio::select! {
             _ = released.notified() => {}
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
