@@ -270,10 +270,12 @@ impl Drop for Replica {
     }
 }
 
-fn start_replica(plane: &ControlPlane, kubeconfig: &Path, name: &str) -> Result<Replica> {
+/// A controller replica as the chart starts it; `metrics`: the port of its /metrics on loopback.
+fn start_replica(plane: &ControlPlane, kubeconfig: &Path, name: &str, metrics: Option<u16>) -> Result<Replica> {
     let log = std::fs::File::create(plane.dir.path().join(format!("{name}.log")))?;
+    let address = metrics.map_or(String::new(), |port| format!("127.0.0.1:{port}"));
     let child = std::process::Command::new(csi_binary())
-        .args(["controller", "--namespace", NS, "--identity", name, "--metrics-address", ""])
+        .args(["controller", "--namespace", NS, "--identity", name, "--metrics-address", &address])
         // As the chart starts it.
         .args(["--expand-claims", "true", "--label-snapshot-contents", "true"])
         .env("KUBECONFIG", kubeconfig)
@@ -333,8 +335,10 @@ async fn controller_end_to_end(plane: &ControlPlane) -> Result {
     let classes = 2; // thinpool-ext4 and thinpool-xfs, from the manifests
                      // 5000000000 bytes: the API server returns the quantity as 5G.
     thinpool_csi::k8s::publisher::publish(&pools, "node-1", &pool_status("node-1", 5_000_000_000)).await?;
-    let mut replicas =
-        vec![start_replica(plane, &kubeconfig, "replica-a")?, start_replica(plane, &kubeconfig, "replica-b")?];
+    let mut replicas = vec![
+        start_replica(plane, &kubeconfig, "replica-a", None)?,
+        start_replica(plane, &kubeconfig, "replica-b", None)?,
+    ];
     let first = capacity_becomes(&caps, "node-1", classes, 5_000_000_000, Duration::from_secs(60)).await;
     let first = first.map_err(|e| format!("{e}; replica-a's log:\n{}", plane.log_tail("replica-a")))?;
     let read = capacities(&caps, "node-1").await?;
@@ -373,6 +377,24 @@ async fn controller_end_to_end(plane: &ControlPlane) -> Result {
         "  leader {holder} SIGTERMed: {} led and capacity followed a change {:.2} s later",
         replicas[0].name,
         stopped.elapsed().as_secs_f64()
+    );
+    // The new leader is killed (SIGKILL: no release): a follower takes over when the Lease runs
+    // out (15 s after the last renewal, at most 2 s before the kill), then follows a change.
+    let follower = start_replica(plane, &kubeconfig, "replica-e", None)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut leader = replicas.remove(0);
+    let killed = Instant::now();
+    leader.child.kill()?;
+    let _ = leader.child.wait();
+    thinpool_csi::k8s::publisher::publish(&pools, "node-1", &pool_status("node-1", 1 << 30)).await?;
+    capacity_becomes(&caps, "node-1", classes, 1 << 30, Duration::from_secs(60))
+        .await
+        .map_err(|e| format!("{e}; replica-e's log:\n{}", plane.log_tail("replica-e")))?;
+    println!(
+        "  leader {} SIGKILLed: {} led and capacity followed a change {:.2} s later (Lease 15 s)",
+        leader.name,
+        follower.name,
+        killed.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -436,7 +458,7 @@ async fn preprovisioned_snapshot_contents(plane: &ControlPlane) -> Result {
     }
     let controller_token = token(&admin, "thinpool-csi-controller", None).await?;
     let kubeconfig = plane.write_kubeconfig("controller", &controller_token)?;
-    let _replica = start_replica(plane, &kubeconfig, "replica-c")?;
+    let _replica = start_replica(plane, &kubeconfig, "replica-c", None)?;
     let labels = |o: &DynamicObject| o.metadata.labels.clone().unwrap_or_default();
     // The Lease the last check's replicas held must run out first (15 s).
     let start = Instant::now();
@@ -472,6 +494,110 @@ async fn preprovisioned_snapshot_contents(plane: &ControlPlane) -> Result {
     Ok(())
 }
 
+/// Where the checks keep the controller's scrapes for the alerts test (e2e/alerts).
+fn scrapes_dir() -> PathBuf {
+    Path::new(WORKSPACE).join("target/apiserver/metrics")
+}
+
+/// What the controller serves at /metrics on loopback `port`.
+fn scrape(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or("an HTTP answer without a body")?;
+    ensure(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), format!("/metrics: {head}"))?;
+    Ok(body.to_owned())
+}
+
+/// The value of an unlabelled series in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A node that stops reporting: the controller marks its ThinPool Stale (condition, no capacity
+/// allowed there), posts a Warning Event on it and counts it in `thinpool_controller_stale_pools`.
+/// The scrapes before and after are the alerts test's `controller-healthy` and `controller-stale`.
+async fn stale_pool(plane: &ControlPlane) -> Result {
+    let admin = plane.client("admin").await?;
+    let pools: Api<ThinPool> = Api::all(admin.clone());
+    for p in pools.list(&ListParams::default()).await?.items {
+        pools.delete(p.metadata.name.as_deref().unwrap_or_default(), &Default::default()).await?;
+    }
+    thinpool_csi::k8s::publisher::publish(&pools, "node-1", &pool_status("node-1", 1 << 30)).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let token = token(&admin, "thinpool-csi-controller", None).await?;
+    let kubeconfig = plane.write_kubeconfig("controller", &token)?;
+    let _replica = start_replica(plane, &kubeconfig, "replica-d", Some(port))?;
+    let log = || plane.log_tail("replica-d");
+    // Leading (the last check's Lease runs out first) and one pass done over node-1 alone.
+    let start = Instant::now();
+    let healthy = loop {
+        let text = scrape(port).unwrap_or_default();
+        if sample(&text, "thinpool_controller_leader") == Some(1.0)
+            && sample(&text, "thinpool_controller_pools") == Some(1.0)
+        {
+            break text;
+        }
+        ensure(start.elapsed() < Duration::from_secs(60), format!("replica-d did not lead within 60 s:\n{}", log()))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure(sample(&healthy, "thinpool_controller_stale_pools") == Some(0.0), "a stale pool counted with none stale")?;
+    std::fs::create_dir_all(scrapes_dir())?;
+    std::fs::write(scrapes_dir().join("controller-healthy.prom"), &healthy)?;
+
+    // node-3's plugin last reported ten minutes ago (the chart's limit: 120 s).
+    let mut old = pool_status("node-3", 1 << 30);
+    old.last_heartbeat = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600),
+    ));
+    thinpool_csi::k8s::publisher::publish(&pools, "node-3", &old).await?;
+    let start = Instant::now();
+    let stale = loop {
+        let text = scrape(port).unwrap_or_default();
+        if sample(&text, "thinpool_controller_stale_pools") == Some(1.0) {
+            break text;
+        }
+        ensure(start.elapsed() < Duration::from_secs(30), format!("no stale pool counted within 30 s:\n{}", log()))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    std::fs::write(scrapes_dir().join("controller-stale.prom"), &stale)?;
+    let status = pools.get("node-3").await?.status.ok_or("node-3 has no status")?;
+    let stale_condition = status.conditions.iter().any(|c| c.type_ == "Stale" && c.status == "True");
+    ensure(
+        status.state == "Stale" && stale_condition && status.allowed_new_bytes == 0,
+        format!(
+            "node-3: state {}, conditions {:?}, allowed {}",
+            status.state, status.conditions, status.allowed_new_bytes
+        ),
+    )?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(admin.clone());
+    let start = Instant::now();
+    let event = loop {
+        let found = events.list(&ListParams::default()).await?.items.into_iter().find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("node-3")
+                && e.reason.as_deref() == Some("Stale")
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        ensure(start.elapsed() < Duration::from_secs(30), format!("no Stale Event on node-3 within 30 s:\n{}", log()))?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure(event.type_.as_deref() == Some("Warning"), format!("the Stale Event is {:?}, not a Warning", event.type_))?;
+    println!("  node-3 marked Stale, Event: {}", event.note.unwrap_or_default());
+    let caps: Api<CSIStorageCapacity> = Api::namespaced(admin, NS);
+    let on_node3 = capacities(&caps, "node-3").await?;
+    ensure(
+        !on_node3.is_empty() && on_node3.values().all(|(bytes, _)| *bytes == 0),
+        format!("node-3's capacity objects: {on_node3:?}, expected one per class, each 0"),
+    )?;
+    pools.delete("node-3", &Default::default()).await?;
+    Ok(())
+}
+
 type Check = for<'a> fn(&'a ControlPlane) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result> + 'a>>;
 
 const CHECKS: &[(&str, Check)] = &[
@@ -479,6 +605,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("node_restriction_policy", |p| Box::pin(node_restriction(p))),
     ("controller_end_to_end", |p| Box::pin(controller_end_to_end(p))),
     ("preprovisioned_snapshot_contents", |p| Box::pin(preprovisioned_snapshot_contents(p))),
+    ("stale_pool", |p| Box::pin(stale_pool(p))),
 ];
 
 fn main() -> ExitCode {
@@ -507,6 +634,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Scrapes of an earlier run must not stand in for this one's (e2e/alerts reads them).
+    let _ = std::fs::remove_dir_all(scrapes_dir());
     let (mut passed, mut failed) = (0, 0);
     let setup = runtime.block_on(async {
         let admin = plane.client("admin").await?;
