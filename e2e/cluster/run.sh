@@ -257,6 +257,41 @@ declare -A baseline
 for n in $nodes; do baseline[$n]=$(counts_of "$n"); done
 ok "ThinPools: $nodes"
 
+step "each ThinPool's numbers are its pool's, as the operator CLI reads the kernel and the records"
+# plugin_on NODE: the node plugin pod on NODE.
+plugin_on() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$1" \
+    -o jsonpath='{.items[0].metadata.name}'
+}
+# cli NODE ARGS...: the operator CLI in NODE's plugin container; it runs in the plugin, which holds
+# the records (docs/troubleshooting.md).
+cli() { local n=$1; shift; kubectl -n "$NS" exec "$(plugin_on "$n")" -c thinpool-csi -- thinpool-csi "$@"; }
+# json_number JSON KEY: the first number under "KEY" in the CLI's JSON (pretty, one field a line).
+json_number() { grep -o "\"$2\": *[0-9]*" <<<"$1" | head -n1 | grep -o '[0-9]*$'; }
+# pool_is_published NODE: every number of the ThinPool equals the pool's (retried: the plugin
+# publishes on a change and every heartbeat).
+pool_is_published() {
+  local js f mine theirs
+  js=$(cli "$1" -o json pool status) || { echo "  pool status in $1's plugin failed"; return 1; }
+  for f in data_total_bytes:dataTotalBytes data_used_bytes:dataUsedBytes metadata_total_bytes:metadataTotalBytes \
+    metadata_used_bytes:metadataUsedBytes provisioned_bytes:provisionedBytes allowed_new_bytes:allowedNewBytes \
+    transaction_id:transactionId volumes:volumes snapshots:snapshots; do
+    mine=$(json_number "$js" "${f%%:*}")
+    theirs=$(kubectl get thinpool "$1" -o jsonpath="{.status.${f#*:}}")
+    [ -n "$mine" ] && [ "$mine" = "$theirs" ] || { echo "  $1: ${f%%:*} $mine in the pool, ${f#*:} '$theirs' in the ThinPool"; return 1; }
+  done
+}
+loop_size=${THINPOOL_E2E_LOOP_SIZE:-4Gi}
+for n in $nodes; do
+  until_ok 90 "ThinPool $n holds its pool's numbers" pool_is_published "$n"
+  # The loop pool is as large as the chart was told, to the byte.
+  case $loop_size in
+    *Gi) [ "$(kubectl get thinpool "$n" -o jsonpath='{.status.dataTotalBytes}')" -eq $(( ${loop_size%Gi} << 30 )) ] ||
+      die "ThinPool $n: dataTotalBytes is not the $loop_size loop pool the chart was given" ;;
+  esac
+done
+ok "every ThinPool's data, metadata, provisioning, budget, transaction id and counts are its pool's ($loop_size)"
+
 step "the kubelet registered the driver through the plugin's own socket"
 for n in $nodes; do
   until_ok 60 "CSINode $n lists thinpool.csi.io with its topology key" \
@@ -452,6 +487,59 @@ kubectl -n "$APP" delete volumegroupsnapshot grp --wait=true --timeout="$(patien
 until_ok 180 "the group's members are gone from the pool" pool_snapshots_are "$snaps_before"
 [ -z "$(members)" ] || die "member VolumeSnapshots left after their group was deleted: $(members | tr '\n' ' ')"
 ok "deleting the VolumeGroupSnapshot deletes its members, in Kubernetes and in the pool"
+
+step "a volume whose PersistentVolume is gone, a PersistentVolume whose volume is gone: reported, then cleaned up"
+claim lost 64Mi
+pod_on lost lost
+ready lost
+lost_pv=$(kubectl -n "$APP" get pvc lost -o jsonpath='{.spec.volumeName}')
+lost_handle=$(kubectl get pv "$lost_pv" -o jsonpath='{.spec.csi.volumeHandle}')
+lost_volume=${lost_handle%@*}
+# An operator's Retain, then the claim and the PersistentVolume deleted: the volume stays, orphaned.
+kubectl patch pv "$lost_pv" -p '{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}' >/dev/null
+kubectl -n "$APP" delete pod lost --wait=true >/dev/null
+kubectl -n "$APP" delete pvc lost --wait=true >/dev/null
+kubectl delete pv "$lost_pv" --wait=true >/dev/null
+# A PersistentVolume naming a volume this node does not have (a pre-provisioned one, mistyped).
+ghost="ghost-e2e@$node"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: ghost-e2e}
+spec:
+  capacity: {storage: 64Mi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  csi: {driver: thinpool.csi.io, volumeHandle: "$ghost", fsType: ext4}
+EOF
+# reported ORPHANED MISSING: the ThinPool lists exactly these (JSON lists) and the plugin counts them.
+# (An empty list reads as [], or as nothing when the field is left out.)
+reported() {
+  local orphaned missing
+  orphaned=$(kubectl get thinpool "$node" -o jsonpath='{.status.orphanedVolumes}')
+  missing=$(kubectl get thinpool "$node" -o jsonpath='{.status.missingVolumes}')
+  [ "${orphaned:-[]}" = "$1" ] && [ "${missing:-[]}" = "$2" ] || { echo "orphaned ${orphaned:-[]}, missing ${missing:-[]}"; return 1; }
+}
+metrics_of() { kubectl get --raw "/api/v1/namespaces/$NS/pods/$(plugin_on "$1"):9102/proxy/metrics"; }
+# One heartbeat (30 s) at most: deleting a PersistentVolume changes nothing in the pool.
+until_ok 90 "ThinPool $node reports $lost_volume orphaned and $ghost missing" reported "[\"$lost_volume\"]" "[\"$ghost\"]"
+scrape=$(metrics_of "$node")
+for m in thinpool_orphaned_volumes thinpool_missing_volumes; do
+  grep -qx "$m 1" <<<"$scrape" || die "the plugin's metrics do not count one for $m: $(grep "^$m" <<<"$scrape")"
+done
+# Kept for the alerts test (e2e/alerts/scrapes/orphaned-missing.prom, e2e/guest/cluster.sh).
+if [ -n "${THINPOOL_E2E_SCRAPES:-}" ]; then
+  mkdir -p "$THINPOOL_E2E_SCRAPES"
+  { echo "# the node plugin with one orphaned and one missing volume: e2e/cluster/run.sh, $(date -u +%Y-%m-%d)"
+    echo "$scrape"; } >"$THINPOOL_E2E_SCRAPES/orphaned-missing.prom"
+fi
+ok "ThinPool and metrics report the orphaned $lost_volume and the missing $ghost"
+# The way out docs/troubleshooting.md gives: the CLI in the plugin's container deletes the volume.
+cli "$node" volumes delete "$lost_volume"
+kubectl delete pv ghost-e2e --wait=true >/dev/null
+until_ok 90 "ThinPool $node reports nothing orphaned or missing" reported "[]" "[]"
+ok "the orphan deleted with the operator CLI (run in the plugin), the PersistentVolume removed: nothing reported"
 
 step "clone, raw block, xfs and ReadWriteOncePod, side by side"
 claim clone 512Mi thinpool-ext4 '  dataSource: {kind: PersistentVolumeClaim, name: data}'

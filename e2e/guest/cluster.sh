@@ -181,12 +181,13 @@ background kube-apiserver kube-apiserver --etcd-servers=http://127.0.0.1:2379 \
 	--service-account-signing-key-file="$PKI/service-accounts.key"
 wait_for 300 "the API server answering" kubectl get --raw /readyz
 say "API server ready ($(kubectl version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -1))"
-# Controllers for what this cluster never has (quotas, autoscalers, jobs, stateful sets, cloud
-# load balancers and routes, CSRs: every certificate is made above, DRA) are left off: each costs
-# the emulated CPUs watches and periodic passes (the quota controller's API discovery every 30 s).
-# Everything the chart and the suite use (deployments, daemon sets, PDBs, PV binding, expansion,
-# attach/detach, garbage collection, namespaces, service accounts and tokens) stays on.
-unused_controllers=(resourcequota horizontal-pod-autoscaler cronjob job ttl-after-finished statefulset
+# Controllers for what this cluster never has (quotas, autoscalers, jobs, cloud load balancers and
+# routes, CSRs: every certificate is made above, DRA) are left off: each costs the emulated CPUs
+# watches and periodic passes (the quota controller's API discovery every 30 s). Everything the chart
+# and the suites use (deployments, daemon sets, stateful sets (the upstream group snapshot specs),
+# PDBs, PV binding, expansion, attach/detach, garbage collection, namespaces, service accounts and
+# tokens) stays on.
+unused_controllers=(resourcequota horizontal-pod-autoscaler cronjob job ttl-after-finished
 	replicationcontroller endpointslice-mirroring service-lb node-route cloud-node-lifecycle
 	certificatesigningrequest-approving certificatesigningrequest-cleaner certificatesigningrequest-signing
 	legacy-serviceaccount-token-cleaner storage-version-migrator storageversion-garbage-collector
@@ -301,6 +302,8 @@ export THINPOOL_E2E_WORKLOAD_IMAGE=thinpool-csi.local/busybox:debian
 # Everything under emulation takes minutes: a pod starts in 1-2 min, a snapshot is ready in 2-3.
 export THINPOOL_E2E_PATIENCE=4
 export THINPOOL_E2E_NODE_DIAGNOSTICS="bash $WS/e2e/guest/node-diagnostics.sh"
+# The node plugin's scrape with orphaned and missing volumes, for e2e/alerts/scrapes.
+export THINPOOL_E2E_SCRAPES="$THINPOOL_E2E_OUT/metrics"
 read -r -a SUITE_CPU < <(cpu_busy_idle)
 bash "$WS/e2e/cluster/run.sh"
 say "done"

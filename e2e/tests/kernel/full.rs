@@ -2,6 +2,7 @@
 //! (docs/troubleshooting.md, "The pool is full").
 
 use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use thinpool_csi::csi::proto;
@@ -288,5 +289,73 @@ pub fn metadata_full_then_grown_back() -> Result {
     let kept = engine.list(thinpool_csi::store::Kind::Snapshot)?.len();
     ensure(kept == snapshots + 1, format!("{kept} snapshots recorded, {} acknowledged", snapshots + 1))?;
     println!("  pool check clean; {kept} snapshots, each acknowledged one kept");
+    Ok(())
+}
+
+/// A pool whose metadata carries the kernel's `needs_check` flag, as dm-thin leaves it after a
+/// failed metadata operation and as only `thin_check`/`thin_repair` clear it: the kernel keeps the
+/// pool read-only and says `needs_check`. The plugin still starts and answers, reports the mode,
+/// refuses new volumes naming the check to run, and is not ready; the scrape is the alerts test's
+/// `needs-check` (ThinPoolNeedsCheck). docs/troubleshooting.md gives the way out.
+pub fn needs_check_pool_is_reported() -> Result {
+    let mut p = Plugin::start_sized("needs-check", "1Gi", &[])?;
+    rt()?.block_on(async {
+        let (_, mut ctl, _) = p.clients().await?;
+        within("CreateVolume", ctl.create_volume(create("kept", 16 << 20, block_cap(), None))).await??;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    wait_for_mode(&p, "rw", "the new pool is not rw")?;
+    // The flag set offline, through the metadata tools: dump, flags="1" (THIN_METADATA_NEEDS_CHECK),
+    // restore onto the loop device that holds the metadata, the pool's table gone.
+    p.stop()?;
+    teardown_pool("e2e-needs-check");
+    let thinpool_csi::config::PoolSpec::Loop(spec) = p.config()?.pool else {
+        return Err("the fixture's pool is not a loop pool".into());
+    };
+    // The tools open with O_DIRECT, which the guest's tmpfs refuses: through a loop device of our
+    // own (the pool's were detached with it).
+    let file = spec.dir.join("metadata.img");
+    let meta = sh(&format!("losetup -f --show {}", file.display()))?.trim().to_owned();
+    let xml = sh(&format!("thin_dump {meta}"))?;
+    let flagged = match xml.find("flags=\"") {
+        Some(at) => {
+            let end = xml[at + 7..].find('"').ok_or("thin_dump's flags attribute does not end")? + at + 7;
+            format!("{}flags=\"1\"{}", &xml[..at], &xml[end + 1..])
+        }
+        None => xml.replacen("<superblock ", "<superblock flags=\"1\" ", 1),
+    };
+    ensure(flagged != xml, "thin_dump printed no superblock to flag")?;
+    let dump = Path::new("/tmp/e2e/needs-check/flagged.xml");
+    std::fs::write(dump, &flagged)?;
+    sh(&format!("thin_restore -i {} -o {meta}", dump.display()))?;
+    ensure(sh(&format!("thin_dump {meta}"))?.contains("flags=\"1\""), "thin_restore did not keep the flag")?;
+    sh(&format!("losetup -d {meta}"))?;
+
+    p.replace()?;
+    wait_for_mode(&p, "needs_check", "the flagged pool is not reported as needs_check")?;
+    let table = sh("dmsetup status e2e-needs-check")?;
+    ensure(table.contains("needs_check"), format!("the kernel's status does not say needs_check: {table}"))?;
+    println!("  kernel: {}", table.trim());
+    rt()?.block_on(async {
+        let (mut identity, mut ctl, _) = p.clients().await?;
+        let refused = within("CreateVolume", ctl.create_volume(create("more", 16 << 20, block_cap(), None))).await?;
+        let status = refused.err().ok_or("CreateVolume succeeded on a pool that needs a check")?;
+        ensure(
+            status.code() == Code::ResourceExhausted && status.message().contains("thin_check"),
+            format!("CreateVolume on a pool that needs a check answered {status:?}"),
+        )?;
+        ensure(
+            code(within("Probe", identity.probe(proto::ProbeRequest {})).await?) == Code::FailedPrecondition,
+            "Probe is ready on a pool that needs a check",
+        )?;
+        ensure(
+            code(within("ListVolumes", ctl.list_volumes(proto::ListVolumesRequest::default())).await?) == Code::Ok,
+            "ListVolumes",
+        )?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    save_scrape(p.metrics_port, "needs-check")?;
+    p.stop()?;
+    teardown_pool("e2e-needs-check");
     Ok(())
 }

@@ -52,6 +52,7 @@ const TESTS: &[Test] = &[
     ("csi_kubelet_registration", csi::csi_kubelet_registration),
     ("full_pool_fails_fast_then_grows_back", full::full_pool_fails_fast_then_grows_back),
     ("metadata_full_then_grown_back", full::metadata_full_then_grown_back),
+    ("needs_check_pool_is_reported", full::needs_check_pool_is_reported),
     ("lvm_pool_grows_itself_under_a_writer", grow::lvm_pool_grows_itself_under_a_writer),
     ("fifty_concurrent_clients", concurrent::fifty_concurrent_clients),
     ("csi_sanity_mount", sanity::csi_sanity_mount),
