@@ -43,6 +43,18 @@ GROUP_SNAPSHOT_API = "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass"
 # Served by every Kubernetes the chart supports (GA in 1.30); helm 3.10's own list predates it.
 ADMISSION_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 NO_SCHEMA_KINDS = {"VolumeSnapshotClass", "VolumeGroupSnapshotClass", "PodMonitor", "PrometheusRule"}
+# What csi-snapshotter v8.6.0 needs (deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml of
+# its Go module), and with CSIVolumeGroupSnapshot on, the group snapshot rules of the same file.
+SNAPSHOTTER_RULES = [
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses", ["get", "list", "watch"]),
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents", ["get", "list", "watch", "update", "patch"]),
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", ["update", "patch"]),
+]
+GROUP_SNAPSHOTTER_RULES = [
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", ["get", "list", "watch"]),
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", ["get", "list", "watch", "update", "patch"]),
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", ["update", "patch"]),
+]
 # The images each workload may run: the ones CI builds and tests (issue 14).
 WORKLOAD_IMAGES = {
     "DaemonSet": {"thinpool-csi", "csi-provisioner", "csi-snapshotter"},
@@ -122,6 +134,7 @@ class Checker:
                     if kube == self.kube_versions[0] and snapshots:
                         self.check_flags(docs, label)
                         self.check_pods(docs, label)
+                        self.check_snapshotter_rbac(docs, label)
             print(f"ok   {name}: lint, template and validation for Kubernetes {' and '.join(self.kube_versions)}")
 
     def validate_docs(self, text, kube, label):
@@ -212,6 +225,35 @@ class Checker:
                 for f_ in doc["forbidden"]:
                     if f_ in used and f"--{f_}=false" not in args:
                         fail(f"{where}: {base} must not get --{f_} in this deployment")
+
+    def check_snapshotter_rbac(self, docs, label):
+        """The node's ClusterRole grants what its csi-snapshotter needs: with CSIVolumeGroupSnapshot
+        on, the group snapshot rules too, or its informers never sync and it handles no snapshot
+        at all (found by the cluster suite, 2026-12-06)."""
+        for d in docs:
+            if d["kind"] != "DaemonSet":
+                continue
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] != "csi-snapshotter":
+                    continue
+                gated = any("CSIVolumeGroupSnapshot=true" in a for a in c.get("args", []))
+                account = d["spec"]["template"]["spec"].get("serviceAccountName", "default")
+                granted = set()
+                bound = {b["roleRef"]["name"] for b in docs if b["kind"] == "ClusterRoleBinding"
+                         and any(s_.get("name") == account for s_ in b.get("subjects", []))}
+                for r in docs:
+                    if r["kind"] == "ClusterRole" and r["metadata"]["name"] in bound:
+                        for rule in r.get("rules", []):
+                            for g in rule.get("apiGroups", []):
+                                for res in rule.get("resources", []):
+                                    for v in rule.get("verbs", []):
+                                        granted.add((g, res, v))
+                needed = SNAPSHOTTER_RULES + (GROUP_SNAPSHOTTER_RULES if gated else [])
+                for g, res, verbs in needed:
+                    for v in verbs:
+                        if (g, res, v) not in granted:
+                            fail(f"{label}: csi-snapshotter (ServiceAccount {account}) may not {v} "
+                                 f"{res}.{g}, which it needs{' with CSIVolumeGroupSnapshot on' if gated else ''}")
 
     def check_pods(self, docs, label):
         """Which images each workload runs, where the node plugin registers, and its probes."""
