@@ -22,7 +22,7 @@ use crate::shared::ids::valid_node_name;
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// The CSI endpoint, `unix:///path/to/csi.sock`.
-    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    #[arg(long, env = "CSI_ENDPOINT", default_value = crate::cli::remote::DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// This node's name (the Kubernetes node name); volumes carry it as their topology.
     #[arg(long, env = "NODE_NAME")]

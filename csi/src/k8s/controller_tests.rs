@@ -196,12 +196,12 @@ fn keeper(client: Client) -> LeaseKeeper {
 #[tokio::test]
 async fn a_replica_follows_a_live_lease_and_takes_an_expired_one() {
     let (client, server) = mock(vec![step(Method::GET, LEASE, lease("replica-b", 2))]);
-    assert!(!keeper(client).tick().await.unwrap(), "took a lease another replica holds");
+    assert!(!keeper(client).look().await.unwrap().held, "took a lease another replica holds");
     server.await.unwrap();
 
     let (client, server) =
         mock(vec![step(Method::GET, LEASE, lease("replica-b", 60)), step(Method::PUT, LEASE, lease("replica-a", 0))]);
-    assert!(keeper(client).tick().await.unwrap(), "did not take an expired lease");
+    assert!(keeper(client).look().await.unwrap().held, "did not take an expired lease");
     let bodies = server.await.unwrap();
     assert_eq!(bodies[1]["spec"]["holderIdentity"], "replica-a");
     assert_eq!(bodies[1]["metadata"]["resourceVersion"], "7");
@@ -214,7 +214,7 @@ async fn a_lost_race_for_the_lease_means_following() {
         step(Method::GET, LEASE, lease("replica-b", 60)),
         Step { method: Method::PUT, path: LEASE, status: StatusCode::CONFLICT, reply: conflict },
     ]);
-    assert!(!keeper(client).tick().await.unwrap());
+    assert!(!keeper(client).look().await.unwrap().held);
     server.await.unwrap();
 }
 

@@ -1,5 +1,5 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so two controller replicas are safe:
-//! only the holder reconciles. The decision is pure ([`decide`]); [`LeaseKeeper::tick`] applies it
+//! only the holder reconciles. The decision is pure ([`decide`]); [`LeaseKeeper::look`] applies it
 //! with the Lease's resourceVersion, so two replicas racing for it cannot both win.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -69,11 +69,6 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// Takes or renews the Lease when we may; returns whether we lead now.
-    pub async fn tick(&self) -> Result<bool, kube::Error> {
-        Ok(self.look().await?.held)
-    }
-
     /// Takes or renews the Lease when we may; says whether we lead now, and else until when the
     /// holder's term runs.
     pub async fn look(&self) -> Result<Look, kube::Error> {
